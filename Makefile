@@ -1,0 +1,62 @@
+# Quantizing Transformers with PyTorch - the two commands a reader needs are `make book` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# re-install when the pins change; `make book` on a fresh clone creates the environment
+STAMP := $(VENV)/.installed
+# the notebooks are timed and compared on a fixed thread budget: these machines have 2 cores
+NB_WORKERS ?= 2
+
+.PHONY: help setup book test lint unit nbval build notebooks checkpoint bench lab clean
+
+help:
+	@echo "make book        build the site into _build/html (creates .venv on first use)"
+	@echo "make test        lint, unit tests, strict nbval over every notebook, -W book build"
+	@echo "make notebooks   re-execute every notebook in place (after code changes)"
+	@echo "make checkpoint  retrain the small GPT and rewrite its committed checkpoint"
+	@echo "make bench       run every quantization method on both models, print the table"
+	@echo "make lab         open the notebooks in JupyterLab"
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+build: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+book: build
+	@echo "Start page: file://$(CURDIR)/_build/html/index.html"
+
+lint: setup
+	$(BIN)/ruff check src tests scripts notebooks
+
+unit: setup
+	$(BIN)/pytest tests -q -n $(NB_WORKERS)
+
+# strict nbval: every stored output is compared; --dist loadfile keeps a notebook on one worker
+nbval: setup
+	$(BIN)/pytest --nbval notebooks -q -n $(NB_WORKERS) --dist loadfile \
+		--nbval-sanitize-with notebooks/sanitize.cfg
+
+test: lint unit nbval build
+
+notebooks: setup
+	$(BIN)/python scripts/run_notebooks.py
+
+checkpoint: setup
+	$(BIN)/python scripts/train_gpt.py
+
+bench: setup
+	$(BIN)/python scripts/bench.py
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf _build
