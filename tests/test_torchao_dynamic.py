@@ -1,0 +1,88 @@
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from quantbook.gpt import GPT, GPTConfig
+from quantbook.methods.torchao_dynamic import (
+    calibrate_input_absmax,
+    torchao_dynamic,
+    torchao_static,
+)
+from quantbook.targets import list_targets
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(5))
+
+
+def symmetric_fake_quant(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """int8 symmetric fake quantization with one scale per slice along ``dim`` (amax / 127.5).
+
+    Like torchao, codes are ``round(x * (1 / scale))``: multiplying by the reciprocal can round
+    a value that sits on a half step differently from ``x / scale``.
+    """
+    scale = x.abs().amax(dim=dim, keepdim=True) / 127.5
+    scale = scale.clamp(min=torch.finfo(torch.float32).eps)
+    return torch.clamp(torch.round(x * (1.0 / scale)), -128, 127) * scale
+
+
+def test_dynamic_converts_targets_and_stays_close(gpt, ids):
+    before = copy.deepcopy(gpt.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q, report = torchao_dynamic(gpt, ("attention", "ffn", "head"))
+        with torch.no_grad():
+            out, reference = q(ids)[0], gpt(ids)[0]
+    assert caught == []
+    targets = list_targets(gpt)
+    assert sorted(report.converted) == sorted(targets["attention"] + targets["ffn"] + ["lm_head"])
+    assert type(q.lm_head.weight).__name__ == "Int8Tensor"
+    assert all(torch.equal(before[k], v) for k, v in gpt.state_dict().items())
+    assert (out - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_dynamic_linear_matches_per_token_per_row_reference():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(48, 16)).eval()
+    q, report = torchao_dynamic(model, modules=["0"])
+    assert report.converted == ("0",)
+    x = torch.randn(2, 5, 48) * torch.linspace(0.1, 4, 5)[None, :, None]  # tokens of varied range
+    w_hat = symmetric_fake_quant(model[0].weight.detach(), dim=1)  # one scale per output row
+    x_hat = symmetric_fake_quant(x, dim=-1)  # one scale per token
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), x_hat @ w_hat.T + model[0].bias, rtol=1e-4, atol=1e-4)
+
+
+def test_static_uses_calibrated_absmax_scale(gpt, ids):
+    batches = [torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(s))
+               for s in range(2)]
+    stats = calibrate_input_absmax(gpt, ["blocks.0.mlp.fc_in"], batches)
+    absmax, ndim = stats["blocks.0.mlp.fc_in"]
+    assert ndim == 3 and absmax > 0
+    q, report = torchao_static(gpt, batches)
+    weight = q.blocks[0].mlp.fc_in.weight
+    assert float(weight.act_quant_scale.flatten()[0]) == pytest.approx(absmax / 127)
+    assert len(report.converted) == 12
+    with torch.no_grad():
+        out, reference = q(ids)[0], gpt(ids)[0]
+    assert (out - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_errors(gpt):
+    with pytest.raises(ValueError, match=r"converted no module.*LayerNorm"):
+        torchao_dynamic(gpt, modules=["ln_f"])
+    mha = nn.Sequential(nn.MultiheadAttention(8, 2))
+    with pytest.raises(ValueError, match=r"MultiheadAttention"):
+        torchao_dynamic(mha, modules=["0.out_proj"])
+    with pytest.raises(ValueError, match=r"never ran during calibration"):
+        calibrate_input_absmax(gpt, ["lm_head"], [])
