@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from quantbook import bench
+from quantbook.gpt import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def workload():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=64)).eval()
+    ids = torch.randint(0, 32, (4, 16))
+
+    def loss(m):
+        with torch.no_grad():
+            return float(m(ids[:, :-1], ids[:, 1:])[1])
+
+    return bench.Workload(name="gpt", model=model, metric="loss", evaluate=loss,
+                          run=lambda m: m(ids), calibration=[ids[:2], ids[2:]],
+                          linear_targets=("attention", "ffn", "head"))
+
+
+def test_run_workload_records(workload):
+    only = ["weight-only int4", "dynamic int8 per-tensor", "static int8 (min-max)"]
+    records = bench.run_workload(workload, only=only, warmup=1, repeats=2)
+    assert [r["method"] for r in records] == ["float32", *only]
+    base, int4, dyn, stat = records
+    assert base["size_ratio"] == 1.0 and base["latency_ms"] > 0
+    # 4-bit packed codes with one float32 scale per row of 64 inputs: 4/32 + 32/(64*32)
+    assert int4["quantized_bytes_ratio"] < 0.20
+    assert dyn["quantized_bytes_ratio"] < 0.40  # int8 codes plus packing overhead
+    assert int4["size_bytes"] < dyn["size_bytes"] < base["size_bytes"]
+    for r in (int4, dyn, stat):
+        assert r["converted"] == 7  # q, k, v, out, fc_in, fc_out, lm_head
+        assert r["speedup"] > 0 and r["threads"] >= 1
+        assert abs(r["value"] - base["value"]) < 0.5  # still the same model, roughly
+    keys = {"model", "method", "size_bytes", "size_ratio", "latency_ms", "speedup", "metric",
+            "value", "threads", "cpu"}
+    assert keys <= set(dyn)
+
+
+def test_unknown_method_and_model(workload):
+    with pytest.raises(ValueError, match=r"only=\['nope'\] names no method"):
+        bench.run_workload(workload, only=["nope"])
+    with pytest.raises(ValueError, match="models=\\['bert'\\] is not supported"):
+        bench.run_bench(["bert"])
+
+
+def test_format_table(workload):
+    records = bench.run_workload(workload, only=["dynamic float16"], warmup=1, repeats=1)
+    table = bench.format_table(records)
+    assert "float32" in table and "dynamic float16" in table
+    assert len(table.splitlines()) == 4
