@@ -10,10 +10,12 @@ def workload():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=64)).eval()
     ids = torch.randint(0, 32, (4, 16))
+    # contiguous: eager quantized embeddings refuse strided index tensors
+    inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
     def loss(m):
         with torch.no_grad():
-            return float(m(ids[:, :-1], ids[:, 1:])[1])
+            return float(m(inputs, targets)[1])
 
     return bench.Workload(name="gpt", model=model, metric="loss", evaluate=loss,
                           run=lambda m: m(ids), calibration=[ids[:2], ids[2:]],
@@ -21,16 +23,17 @@ def workload():
 
 
 def test_run_workload_records(workload):
-    only = ["weight-only int4", "dynamic int8 per-tensor", "static int8 (min-max)"]
+    only = ["weight-only int4", "dynamic int8 per-tensor", "static int8 (min-max)",
+            "torchao int8 dynamic"]
     records = bench.run_workload(workload, only=only, warmup=1, repeats=2)
     assert [r["method"] for r in records] == ["float32", *only]
-    base, int4, dyn, stat = records
+    base, int4, dyn, stat, ao = records
     assert base["size_ratio"] == 1.0 and base["latency_ms"] > 0
     # 4-bit packed codes with one float32 scale per row of 64 inputs: 4/32 + 32/(64*32)
     assert int4["quantized_bytes_ratio"] < 0.20
     assert dyn["quantized_bytes_ratio"] < 0.40  # int8 codes plus packing overhead
     assert int4["size_bytes"] < dyn["size_bytes"] < base["size_bytes"]
-    for r in (int4, dyn, stat):
+    for r in (int4, dyn, stat, ao):
         assert r["converted"] == 7  # q, k, v, out, fc_in, fc_out, lm_head
         assert r["speedup"] > 0 and r["threads"] >= 1
         assert abs(r["value"] - base["value"]) < 0.5  # still the same model, roughly
@@ -51,3 +54,12 @@ def test_format_table(workload):
     table = bench.format_table(records)
     assert "float32" in table and "dynamic float16" in table
     assert len(table.splitlines()) == 4
+
+
+def test_every_method_runs_and_converts_every_target(workload):
+    records = bench.run_workload(workload, warmup=0, repeats=1)
+    assert [r["method"] for r in records[1:]] == list(bench.methods(workload))
+    for r in records[1:]:
+        # 7 Linears; the variants that quantize embeddings add tok_emb and pos_emb
+        with_embeddings = "embeddings" in r["method"]
+        assert r["converted"] == (9 if with_embeddings else 7), r["method"]

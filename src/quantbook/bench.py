@@ -88,7 +88,9 @@ def minilm_workload() -> Workload:
 
 def methods(workload: Workload) -> dict[str, QuantizeFn]:
     """Every method the book teaches, as name -> function(model, workload) -> (model, report)."""
-    from quantbook.methods import dynamic, static, torchao_dynamic, torchao_weight_only
+    from quantbook.methods import dynamic, static
+    from quantbook.methods.torchao_dynamic import torchao_dynamic
+    from quantbook.methods.torchao_weight_only import torchao_weight_only
     from quantbook.methods.weight_only import WeightOnlyConfig, quantize_weights
 
     linears = workload.linear_targets
@@ -115,16 +117,15 @@ def methods(workload: Workload) -> dict[str, QuantizeFn]:
         "weight-only int3 group32": weights(3, "group", 32),
         "weight-only int8, with embeddings": weights(8, targets=everything),
         "weight-only int4, with embeddings": weights(4, targets=everything),
-        "torchao int8 weight-only": lambda m, w: torchao_weight_only.torchao_weight_only(
-            m, bits=8, targets=linears),
-        "torchao int4 weight-only group32": lambda m, w: torchao_weight_only.torchao_weight_only(
+        "torchao int8 weight-only": lambda m, w: torchao_weight_only(m, bits=8, targets=linears),
+        "torchao int4 weight-only group32": lambda m, w: torchao_weight_only(
             m, bits=4, granularity="group", group_size=32, targets=linears),
         "dynamic int8 per-tensor": dyn(),
         "dynamic int8 per-channel": dyn(granularity="channel"),
         "dynamic float16": dyn(dtype="float16"),
         "dynamic int8, embeddings 8-bit": dyn(embeddings_bits=8),
         "dynamic int8, embeddings 4-bit": dyn(embeddings_bits=4),
-        "torchao int8 dynamic": lambda m, w: torchao_dynamic.torchao_dynamic(m, linears),
+        "torchao int8 dynamic": lambda m, w: torchao_dynamic(m, linears),
         "static int8 (histogram)": stat("histogram"),
         "static int8 (min-max)": stat("minmax"),
     }
