@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 # unit tests: two pytest workers, one torch thread each (tests/conftest.py)
 WORKERS ?= 2
 
-.PHONY: help setup book test lint unit nbval build notebooks checkpoint bench lab clean
+.PHONY: help setup book test lint unit nbval build browser notebooks checkpoint bench lab clean
 
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
 	@echo "make test        lint, unit tests, strict nbval over every notebook, -W book build"
+	@echo "make browser     test the built site offline in headless Chromium (screenshots: _build/screenshots)"
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
 	@echo "make checkpoint  retrain the small GPT and rewrite its committed checkpoint"
 	@echo "make bench       run every quantization method on both models, print the table"
@@ -34,7 +35,7 @@ book: build
 	@echo "Start page: file://$(CURDIR)/_build/html/index.html"
 
 lint: setup
-	$(BIN)/ruff check src tests scripts notebooks
+	$(BIN)/ruff check src tests scripts notebooks web
 
 unit: setup
 	$(BIN)/pytest tests -q -n $(WORKERS) --ignore=tests/browser
@@ -44,7 +45,12 @@ unit: setup
 nbval: setup
 	$(BIN)/pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
 
-test: lint unit nbval build
+# the built site as a reader sees it, with the network cut off (needs root or user namespaces)
+browser: build
+	scripts/browser_setup.sh
+	$(BIN)/pytest tests/browser -q --confcutdir=tests/browser
+
+test: lint unit nbval browser
 
 notebooks: setup
 	$(BIN)/python scripts/run_notebooks.py
