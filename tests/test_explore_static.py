@@ -17,7 +17,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from quantbook import explore_static as es  # noqa: E402
-from quantbook.gpt import GPT, GPTConfig  # noqa: E402
 from quantbook.methods import static  # noqa: E402
 from quantbook.quiet import silence_known_noise  # noqa: E402
 
@@ -29,18 +28,6 @@ def _quiet():
     with warnings.catch_warnings():
         silence_known_noise()
         yield
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(3)
-    return [torch.randint(0, 64, (4, 16), generator=g) for _ in range(3)]
 
 
 @pytest.fixture(scope="module")

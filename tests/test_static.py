@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from quantbook.data import calibration_texts, lee_documents, lee_split
-from quantbook.gpt import GPT, CharTokenizer, GPTConfig
+from quantbook.gpt import CharTokenizer
 from quantbook.methods import static
 from quantbook.methods.static import (
     StaticConfig,
@@ -26,18 +26,6 @@ with warnings.catch_warnings():
     silence_known_noise()
     import torch.ao.nn.quantized as nnq
     import torch.ao.quantization as tq
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
-
-
-@pytest.fixture(scope="module")
-def batches():
-    g = torch.Generator().manual_seed(3)
-    return [torch.randint(0, 64, (4, 16), generator=g) for _ in range(3)]
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from quantbook.gpt import GPT, GPTConfig
 from quantbook.methods.torchao_dynamic import (
     calibrate_input_absmax,
     torchao_dynamic,
     torchao_static,
 )
 from quantbook.targets import list_targets
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
 @pytest.fixture(scope="module")
