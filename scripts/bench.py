@@ -1,12 +1,10 @@
 """Run every quantization method on both models in one process; print the table, write JSON.
 
 Usage: python scripts/bench.py [--models gpt minilm] [--repeats 10] [--out FILE]
-(default FILE: _build/bench/results.json)
+(default FILE: src/quantbook/results/bench.json, committed: chapter 06 draws on it)
 """
 
 import argparse
-import json
-import pathlib
 import sys
 import time
 
@@ -52,7 +50,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(bench.MODELS))
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="_build/bench/results.json")
+    parser.add_argument("--out", default=str(bench.RESULTS))
     args = parser.parse_args(argv)
     silence_known_noise()
     torch.manual_seed(0)
@@ -62,10 +60,9 @@ def main(argv: list[str]) -> int:
                               progress=lambda name: print(f"  ... {name}", flush=True))
     print(bench.format_table(records))
     print("\n".join(check_targets(records)))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=1))
-    print(f"wrote {out} ({len(records)} records) in {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    out = bench.save_results(records, args.out, repeats=args.repeats, seconds=round(seconds))
+    print(f"wrote {out} ({len(records)} records) in {seconds:.0f} s")
     return 0
 
 

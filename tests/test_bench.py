@@ -63,3 +63,21 @@ def test_every_method_runs_and_converts_every_target(workload):
         # 7 Linears; the variants that quantize embeddings add tok_emb and pos_emb
         with_embeddings = "embeddings" in r["method"]
         assert r["converted"] == (9 if with_embeddings else 7), r["method"]
+
+
+def test_untimed_run_reproduces_sizes_and_quality_of_a_timed_one(workload):
+    only = ["weight-only int4", "dynamic int8 per-tensor"]
+    timed = bench.run_workload(workload, only=only, warmup=0, repeats=1)
+    untimed = bench.run_workload(workload, only=only, timed=False)
+    for a, b in zip(timed, untimed, strict=True):
+        assert (a["size_bytes"], a["value"]) == (b["size_bytes"], b["value"])
+        assert b["latency_ms"] is None
+    assert untimed[1]["speedup"] is None and untimed[0]["speedup"] == 1.0
+
+
+def test_results_round_trip_with_the_machine(workload, tmp_path):
+    records = bench.run_workload(workload, only=["dynamic float16"], timed=False)
+    path = bench.save_results(records, tmp_path / "r.json", repeats=3, seconds=1)
+    meta, loaded = bench.load_results(path)
+    assert loaded == records
+    assert meta["repeats"] == 3 and meta["machine"]["torch_version"] == torch.__version__

@@ -1,13 +1,17 @@
 """One table of every quantization method on both models, measured in one process.
 
-``make bench`` (``scripts/bench.py``) prints it and writes ``_build/bench/results.json``. Every
-speed-up is a ratio of medians measured side by side with the float32 model in the same run,
-alternating (:func:`quantbook.measure.compare_latency`).
+``make bench`` (``scripts/bench.py``) prints it and writes :data:`RESULTS` (committed: chapter 06
+draws its table and charts from it, and checks that the deterministic figures still reproduce).
+Every speed-up is a ratio of medians measured side by side with the float32 model in the same
+run, alternating (:func:`quantbook.measure.compare_latency`).
 """
 
 from __future__ import annotations
 
+import datetime
 import io
+import json
+import pathlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -17,6 +21,7 @@ from torch import nn
 from quantbook import measure
 
 MODELS = ("gpt", "minilm")
+RESULTS = pathlib.Path(__file__).parent / "results" / "bench.json"
 QuantizeFn = Callable[[nn.Module, "Workload"], tuple[nn.Module, object]]
 
 
@@ -89,7 +94,7 @@ def minilm_workload() -> Workload:
 def methods(workload: Workload) -> dict[str, QuantizeFn]:
     """Every method the book teaches, as name -> function(model, workload) -> (model, report)."""
     from quantbook.methods import dynamic, static
-    from quantbook.methods.torchao_dynamic import torchao_dynamic
+    from quantbook.methods.torchao_activation import torchao_dynamic
     from quantbook.methods.torchao_weight_only import torchao_weight_only
     from quantbook.methods.weight_only import WeightOnlyConfig, quantize_weights
 
@@ -139,7 +144,8 @@ def _modules_bytes(model: nn.Module, names: Iterable[str]) -> int:
 
 
 def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmup: int = 2,
-                 repeats: int = 10, progress: Callable[[str], None] | None = None) -> list[dict]:
+                 repeats: int = 10, progress: Callable[[str], None] | None = None,
+                 timed: bool = True) -> list[dict]:
     """Apply every method to one workload; return one record per method (float32 first).
 
     Args:
@@ -148,6 +154,8 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmu
         warmup: untimed alternating rounds before timing.
         repeats: timed rounds; each latency is the median over them.
         progress: optional callable told the name of each method as it starts.
+        timed: ``False`` skips the latency measurement (latency fields ``None``, speed-up
+            ``None``): sizes and quality only, the figures that do not depend on the machine.
 
     Returns:
         Records with ``model, method, size_bytes, size_ratio, quantized_bytes_ratio, latency_ms,
@@ -169,7 +177,7 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmu
             progress(name)
         quantized, report = table[name](base, workload)
         converted = list(report.converted)
-        timings = measure.compare_latency(
+        timings = None if not timed else measure.compare_latency(
             {"float32": lambda: workload.run(base),
              name: lambda q=quantized: workload.run(q)},
             warmup=warmup, repeats=repeats)
@@ -177,7 +185,7 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmu
         value = float(workload.evaluate(quantized))
         records.append(_record(workload, name, measure.size_bytes(quantized), base_size, timings,
                                ratio, value, base_value, len(converted)))
-        if records[0]["latency_ms"] is None:  # the float row shows its first side-by-side run
+        if timed and records[0]["latency_ms"] is None:  # float: its first side-by-side run
             records[0].update(_latency_fields(timings["float32"]))
     return records
 
@@ -199,6 +207,8 @@ def _record(workload: Workload, method: str, size: int, base_size: int, timings,
     if timings is not None:
         record.update(_latency_fields(timings[method]))
         record["speedup"] = measure.speedup(timings["float32"], timings[method])
+    elif method != "float32":
+        record["speedup"] = None
     return record
 
 
@@ -220,9 +230,38 @@ def format_table(records: list[dict]) -> str:
     for r in records:
         q = "" if r["quantized_bytes_ratio"] is None else f"{r['quantized_bytes_ratio']:.1%}"
         lat = "" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
+        speed = "" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         lines.append(
             f"{r['model']:7} {r['method']:36} {r['size_bytes'] / 1e6:8.2f} "
-            f"{r['size_ratio']:6.1%} {q:>7} {lat:>11} {r['speedup']:6.2f}x  "
+            f"{r['size_ratio']:6.1%} {q:>7} {lat:>11} {speed:>7}  "
             f"{r['metric']} {r['value']:.4f}"
         )
     return "\n".join(lines)
+
+
+def save_results(records: list[dict], path: str | pathlib.Path = RESULTS, *,
+                 machine: dict | None = None, repeats: int | None = None,
+                 seconds: float | None = None) -> pathlib.Path:
+    """Write ``records`` as JSON with the machine that measured them; return the path."""
+    from quantbook.machine import machine_report
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "created": datetime.date.today().isoformat(),
+        "machine": machine_report() if machine is None else machine,
+        "repeats": repeats, "seconds": seconds, "records": records,
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def load_results(path: str | pathlib.Path = RESULTS) -> tuple[dict, list[dict]]:
+    """Read what :func:`save_results` wrote: ``(meta, records)``, meta without the records."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path={str(path)!r} holds no bench results: run `make bench` "
+                                "to measure them (it writes quantbook/results/bench.json)")
+    payload = json.loads(path.read_text())
+    records = payload.pop("records")
+    return payload, records

@@ -6,12 +6,16 @@
 (function () {
   "use strict";
 
-  // 1. The manager finds its icon fonts next to its AMD module, whose URL RequireJS makes from
-  //    the page's folder (notebooks/@jupyter-widgets/html-manager/dist/...): a 404 per font.
-  //    Map that module path to the folder that holds embed-amd.js and the fonts.
+  // 1. Each bundle inside embed-amd.js (the manager, @jupyter-widgets/base, .../controls) finds
+  //    its icon fonts next to its AMD module, whose URL RequireJS makes from the page's folder
+  //    (notebooks/@jupyter-widgets/...): a 404 per font, whenever a view draws an icon. Map
+  //    those module paths to the folder that holds embed-amd.js and the fonts.
   var staticRoot = new URL(".", document.currentScript.src).href;
   window.require.config({
-    paths: { "@jupyter-widgets/html-manager/dist": staticRoot + "jupyter-widgets" },
+    paths: {
+      "@jupyter-widgets/html-manager/dist": staticRoot + "jupyter-widgets",
+      "@jupyter-widgets": staticRoot + "jupyter-widgets",
+    },
   });
 
   // 2. Widget descriptions are typeset with MathJax 2's MathJax.Hub.Queue, which MathJax 3 (the

@@ -25,8 +25,8 @@ _LAZY = {
     "calibrate": "static",
     "convert_static": "static",
     "quantize_static": "static",
-    "torchao_dynamic": "torchao_dynamic",
-    "torchao_static": "torchao_dynamic",
+    "torchao_dynamic": "torchao_activation",
+    "torchao_static": "torchao_activation",
     "sensitivity_scan": "sensitivity",
     "mixed_precision_plan": "sensitivity",
 }

@@ -4,8 +4,9 @@
 (int8 codes, one scale per output row). Its ``F.linear`` then quantizes the activation to int8
 (symmetric, one scale per token for the dynamic config, or one calibrated scale per tensor for
 the static one) and runs an int8 matmul. Unlike the eager ``torch.ao`` modules this is plain
-PyTorch code, so it runs on CPU and GPU alike; on the CPU without ``torch.compile`` the int8
-matmul falls back to unfused ops and is *slower* than float (see the chapter's timings).
+PyTorch code, so it runs on CPU and GPU alike; on the CPU without ``torch.compile`` it runs as
+separate, unfused operations, slower than the eager kernels and, depending on the machine and the
+shapes, slower or faster than float (chapters 04 to 06 measure it).
 
 torchao is imported lazily, after :func:`quantbook.quiet.silence_known_noise`.
 """

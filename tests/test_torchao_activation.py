@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantbook.methods.torchao_dynamic import (
+from quantbook.methods.torchao_activation import (
     calibrate_input_absmax,
     torchao_dynamic,
     torchao_static,
@@ -79,3 +79,17 @@ def test_errors(gpt):
         torchao_dynamic(mha, modules=["0.out_proj"])
     with pytest.raises(ValueError, match=r"never ran during calibration"):
         calibrate_input_absmax(gpt, ["lm_head"], [])
+
+
+def test_package_exports_the_functions_not_the_submodule():
+    import importlib
+
+    import quantbook.methods as methods
+
+    importlib.import_module("quantbook.methods.torchao_activation")  # as bench.py does
+    from quantbook.methods import torchao_dynamic as exported_dynamic
+    from quantbook.methods import torchao_static as exported_static
+
+    assert callable(exported_dynamic) and exported_dynamic is torchao_dynamic
+    assert callable(exported_static) and exported_static.__name__ == "torchao_static"
+    assert "torchao_activation" not in methods.__all__
