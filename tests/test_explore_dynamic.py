@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -38,9 +38,11 @@ def quantized_linear(granularity: str, seed: int = 0) -> nn.Module:
     return quantized[0]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 10_000), low=st.floats(-50, 0), high=st.floats(0.01, 50),
        granularity=st.sampled_from(["tensor", "channel"]))
+# a value next to a rounding tie: x / scale + zero_point picked the neighbouring code here
+@example(seed=568, low=-1.009917243031552, high=25.566958988497603, granularity="tensor")
 def test_simulation_matches_the_kernel(seed, low, high, granularity):
     layer = quantized_linear(granularity)
     g = torch.Generator().manual_seed(seed)

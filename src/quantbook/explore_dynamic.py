@@ -80,7 +80,13 @@ def simulate_dynamic_linear(layer: nn.Module, x: torch.Tensor, reduce_range: boo
                         "Linear (torch.ao.nn.quantized.dynamic.Linear)")
     scale, zero_point = qparams or dynamic_activation_qparams(x, reduce_range)
     qmax = 127 if reduce_range else 255
-    codes = torch.clamp(torch.round(x / scale) + zero_point, 0, qmax)
+    # FBGEMM computes zero_point + x * (1 / scale) with one fused multiply-add in float32 and
+    # rounds that; x / scale + zero_point, rounded twice, picks the neighbouring code for a few
+    # values in a million that sit next to a tie. Float64 holds the product exactly, so one
+    # rounding to float32 reproduces the fused result.
+    inverse = float(np.float32(1.0) / np.float32(scale))
+    transformed = (x.detach().double() * inverse + zero_point).float()
+    codes = torch.clamp(torch.round(transformed), 0, qmax)
     x_hat = (codes - zero_point) * scale
     bias = layer.bias()
     with torch.no_grad():
