@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,3 +83,17 @@ def test_results_round_trip_with_the_machine(workload, tmp_path):
     meta, loaded = bench.load_results(path)
     assert loaded == records
     assert meta["repeats"] == 3 and meta["machine"]["torch_version"] == torch.__version__
+
+
+def test_secondary_quality_figures_are_recorded(workload):
+    def quality(m):
+        return {"loss": workload.evaluate(m), "loss_x2": 2 * workload.evaluate(m)}
+
+    with_dict = dataclasses.replace(workload, evaluate=quality)
+    base, dyn = bench.run_workload(with_dict, only=["dynamic int8 per-tensor"], timed=False)
+    assert dyn["secondary"] == {"loss_x2": pytest.approx(2 * dyn["value"])}
+    assert base["secondary"]["loss_x2"] == pytest.approx(2 * base["value"])
+    assert "loss_x2 " in bench.format_table([base, dyn])
+    missing = dataclasses.replace(workload, evaluate=lambda m: {"other": 1.0})
+    with pytest.raises(KeyError, match="without metric='loss'"):
+        bench.run_workload(missing, only=["dynamic float16"], timed=False)

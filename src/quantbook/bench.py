@@ -33,7 +33,8 @@ class Workload:
         name: ``"gpt"`` or ``"minilm"``.
         model: the float32 model, eval mode.
         metric: name of the quality figure (``"perplexity"`` lower is better, ``"lee_pearson"``).
-        evaluate: model -> quality figure.
+        evaluate: model -> quality figure, or a dict holding it under ``metric`` plus secondary
+            figures (MiniLM: ``cosine_mean``, the embeddings' mean cosine to float32's).
         run: model -> None, the call that latency measures.
         calibration: batches for static quantization (training text, never evaluation text).
         linear_targets: the Linear groups every method quantizes on this model.
@@ -42,7 +43,7 @@ class Workload:
     name: str
     model: nn.Module
     metric: str
-    evaluate: Callable[[nn.Module], float]
+    evaluate: Callable[[nn.Module], float | dict[str, float]]
     run: Callable[[nn.Module], None]
     calibration: list
     linear_targets: tuple[str, ...]
@@ -67,12 +68,19 @@ def gpt_workload(latency_windows: int = 8) -> Workload:
 
 
 def minilm_workload() -> Workload:
-    """MiniLM: Lee Pearson correlation; latency of encoding the 50 Lee documents."""
+    """MiniLM: Lee Pearson correlation (and embedding cosine); latency of encoding the 50 Lee
+    documents."""
     from quantbook import data, evaluate, minilm
     from quantbook.methods.static import minilm_calibration_batches
 
     model, tokenizer = minilm.load_minilm()
     docs = data.lee_documents()
+    reference = evaluate.evaluate_minilm(model, tokenizer)["embeddings"]
+
+    def quality(m: nn.Module) -> dict[str, float]:
+        result = evaluate.evaluate_minilm(m, tokenizer, reference)
+        return {"lee_pearson": result["pearson"], "cosine_mean": result["cosine_mean"]}
+
     batches = [
         dict(tokenizer(docs[i : i + 16], padding=True, truncation=True,
                        max_length=minilm.max_seq_length(), return_tensors="pt"))
@@ -85,8 +93,8 @@ def minilm_workload() -> Workload:
 
     return Workload(
         name="minilm", model=model, metric="lee_pearson",
-        evaluate=lambda m: evaluate.evaluate_minilm(m, tokenizer)["pearson"],
-        run=run, calibration=minilm_calibration_batches(tokenizer, n_batches=8),
+        evaluate=quality, run=run,
+        calibration=minilm_calibration_batches(tokenizer, n_batches=8),
         linear_targets=("attention", "ffn"),
     )
 
@@ -159,8 +167,8 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmu
 
     Returns:
         Records with ``model, method, size_bytes, size_ratio, quantized_bytes_ratio, latency_ms,
-        latency_p10_ms, latency_p90_ms, speedup, metric, value, float_value, converted, threads,
-        cpu``.
+        latency_p10_ms, latency_p90_ms, speedup, metric, value, float_value, secondary,
+        converted, threads, cpu``; ``secondary`` holds the workload's other quality figures.
     """
     table = methods(workload)
     chosen = list(table) if only is None else list(only)
@@ -169,9 +177,9 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmu
         raise ValueError(f"only={unknown} names no method: choose from {list(table)}")
     base = workload.model
     base_size = measure.size_bytes(base)
-    base_value = float(workload.evaluate(base))
+    base_value, base_secondary = _quality(workload, base)
     records = [_record(workload, "float32", base_size, base_size, None, None, base_value,
-                       base_value, 0)]
+                       base_value, 0, base_secondary)]
     for name in chosen:
         if progress is not None:
             progress(name)
@@ -182,12 +190,24 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None, warmu
              name: lambda q=quantized: workload.run(q)},
             warmup=warmup, repeats=repeats)
         ratio = _modules_bytes(quantized, converted) / _modules_bytes(base, converted)
-        value = float(workload.evaluate(quantized))
+        value, secondary = _quality(workload, quantized)
         records.append(_record(workload, name, measure.size_bytes(quantized), base_size, timings,
-                               ratio, value, base_value, len(converted)))
+                               ratio, value, base_value, len(converted), secondary))
         if timed and records[0]["latency_ms"] is None:  # float: its first side-by-side run
             records[0].update(_latency_fields(timings["float32"]))
     return records
+
+
+def _quality(workload: Workload, model: nn.Module) -> tuple[float, dict[str, float]]:
+    """The workload's metric and its secondary figures (an empty dict when there are none)."""
+    result = workload.evaluate(model)
+    if not isinstance(result, dict):
+        return float(result), {}
+    if workload.metric not in result:
+        raise KeyError(f"evaluate returned {sorted(result)} without metric={workload.metric!r}: "
+                       "return the metric under its name")
+    return float(result[workload.metric]), {
+        k: float(v) for k, v in result.items() if k != workload.metric}
 
 
 def _latency_fields(timing: measure.Timing) -> dict:
@@ -196,13 +216,14 @@ def _latency_fields(timing: measure.Timing) -> dict:
 
 
 def _record(workload: Workload, method: str, size: int, base_size: int, timings, ratio,
-            value: float, base_value: float, n_converted: int) -> dict:
+            value: float, base_value: float, n_converted: int, secondary: dict) -> dict:
     record = {
         "model": workload.name, "method": method, "size_bytes": size,
         "size_ratio": size / base_size, "quantized_bytes_ratio": ratio,
         "latency_ms": None, "latency_p10_ms": None, "latency_p90_ms": None,
         "speedup": 1.0, "metric": workload.metric, "value": value, "float_value": base_value,
-        "converted": n_converted, "threads": torch.get_num_threads(), "cpu": measure.cpu_model(),
+        "secondary": secondary, "converted": n_converted, "threads": torch.get_num_threads(),
+        "cpu": measure.cpu_model(),
     }
     if timings is not None:
         record.update(_latency_fields(timings[method]))
@@ -231,10 +252,12 @@ def format_table(records: list[dict]) -> str:
         q = "" if r["quantized_bytes_ratio"] is None else f"{r['quantized_bytes_ratio']:.1%}"
         lat = "" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
         speed = "" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        more = "".join(f", {k.removesuffix('_mean')} {v:.4f}"
+                       for k, v in r.get("secondary", {}).items())
         lines.append(
             f"{r['model']:7} {r['method']:36} {r['size_bytes'] / 1e6:8.2f} "
             f"{r['size_ratio']:6.1%} {q:>7} {lat:>11} {speed:>7}  "
-            f"{r['metric']} {r['value']:.4f}"
+            f"{r['metric']} {r['value']:.4f}{more}"
         )
     return "\n".join(lines)
 
