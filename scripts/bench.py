@@ -1,7 +1,8 @@
 """Run every quantization method on both models in one process; print the table, write JSON.
 
 Usage: python scripts/bench.py [--models gpt minilm] [--repeats 10] [--out FILE]
-(default FILE: src/quantbook/results/bench.json, committed: chapter 06 draws on it)
+(default FILE: src/quantbook/results/bench.json, committed: chapter 06 draws on it; a copy
+also goes to _build/bench/results.json)
 """
 
 import argparse
@@ -12,6 +13,8 @@ import torch
 
 from quantbook import bench, machine
 from quantbook.quiet import silence_known_noise
+
+BUILD_COPY = "_build/bench/results.json"  # a copy beside the built site, not committed
 
 # measured against the issue's targets on a 2-core AVX-512 VNNI machine
 TARGETS = (
@@ -62,7 +65,8 @@ def main(argv: list[str]) -> int:
     print("\n".join(check_targets(records)))
     seconds = time.perf_counter() - start
     out = bench.save_results(records, args.out, repeats=args.repeats, seconds=round(seconds))
-    print(f"wrote {out} ({len(records)} records) in {seconds:.0f} s")
+    copy = bench.save_results(records, BUILD_COPY, repeats=args.repeats, seconds=round(seconds))
+    print(f"wrote {out} and {copy} ({len(records)} records) in {seconds:.0f} s")
     return 0
 
 
