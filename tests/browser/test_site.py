@@ -180,9 +180,13 @@ def test_no_default_template_text():
 
 
 def test_next_and_previous_walk_the_toc_in_order(visit, site_url):
-    view = visit("index.html")  # the start page redirects to the root document
+    view = visit(f"{TOC[0]}.html")
     page = view.page
+    # the start page redirects to the root document; waiting for the URL waits out that
+    # navigation (evaluating a script while it happens fails: the page is being replaced)
+    page.goto(f"{site_url}index.html")
     page.wait_for_url(f"{site_url}{TOC[0]}.html")
+    page.wait_for_load_state("networkidle")
 
     def walk(link: str) -> list[str]:
         docs = [page.url.removeprefix(site_url).removesuffix(".html")]
