@@ -57,15 +57,17 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     silence_known_noise()
     torch.manual_seed(0)
-    print(machine.format_report(machine.machine_report()), flush=True)
+    report = machine.machine_report()
+    print(machine.format_report(report), flush=True)
     start = time.perf_counter()
     records = bench.run_bench(args.models, repeats=args.repeats,
                               progress=lambda name: print(f"  ... {name}", flush=True))
     print(bench.format_table(records))
     print("\n".join(check_targets(records)))
     seconds = time.perf_counter() - start
-    out = bench.save_results(records, args.out, repeats=args.repeats, seconds=round(seconds))
-    copy = bench.save_results(records, BUILD_COPY, repeats=args.repeats, seconds=round(seconds))
+    kwargs = dict(machine=report, repeats=args.repeats, seconds=round(seconds))
+    out = bench.save_results(records, args.out, **kwargs)
+    copy = bench.save_results(records, BUILD_COPY, **kwargs)
     print(f"wrote {out} and {copy} ({len(records)} records) in {seconds:.0f} s")
     return 0
 

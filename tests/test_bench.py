@@ -97,3 +97,11 @@ def test_secondary_quality_figures_are_recorded(workload):
     missing = dataclasses.replace(workload, evaluate=lambda m: {"other": 1.0})
     with pytest.raises(KeyError, match="without metric='loss'"):
         bench.run_workload(missing, only=["dynamic float16"], timed=False)
+
+
+def test_describe_reads_the_shapes_of_the_batches(workload):
+    timed = dataclasses.replace(workload, timed_inputs=[torch.zeros(4, 16)])
+    assert timed.describe() == ("timed call: 1 batch of token ids, 4x16; "
+                                "calibration: 2 batches of token ids, 2x16 and 2x16")
+    assert bench._shapes([{"input_ids": torch.zeros(3, 7)}] * 3) == (
+        "3 batches of token ids, 3x7, 3x7 and 3x7")

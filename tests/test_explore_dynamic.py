@@ -89,19 +89,6 @@ def test_capture_inputs_returns_what_the_module_received():
         ed.capture_inputs(model, "2", lambda: None)
 
 
-def test_num_threads_restores_the_setting_even_on_error():
-    before = torch.get_num_threads()
-    other = 2 if before == 1 else 1
-    with ed.num_threads(other):
-        assert torch.get_num_threads() == other
-    assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError, match="inside"), ed.num_threads(other):
-        raise RuntimeError("inside")
-    assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="n=0 is not supported"), ed.num_threads(0):
-        pass
-
-
 def test_call_unpacks_mappings():
     class Keywords(nn.Module):
         def forward(self, a, b):

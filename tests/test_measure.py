@@ -108,3 +108,16 @@ def test_validation_errors():
         compare_latency({"a": 1})
     with pytest.raises(TypeError, match=r"fn is a Tensor: expected a zero-argument callable"):
         time_fn(torch.ones(2))
+
+
+def test_num_threads_restores_the_setting_even_on_error():
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    with measure.num_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), measure.num_threads(other):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n=0 is not supported"), measure.num_threads(0):
+        pass

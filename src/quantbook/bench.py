@@ -13,7 +13,7 @@ import io
 import json
 import pathlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ class Workload:
         run: model -> None, the call that latency measures.
         calibration: batches for static quantization (training text, never evaluation text).
         linear_targets: the Linear groups every method quantizes on this model.
+        timed_inputs: the batches ``run`` feeds the model, for :meth:`describe`.
     """
 
     name: str
@@ -47,6 +48,20 @@ class Workload:
     run: Callable[[nn.Module], None]
     calibration: list
     linear_targets: tuple[str, ...]
+    timed_inputs: list = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The token-id shapes of the timed call and of the calibration batches."""
+        return (f"timed call: {_shapes(self.timed_inputs)}; "
+                f"calibration: {_shapes(self.calibration)}")
+
+
+def _shapes(batches: list) -> str:
+    """``"2 batches of token ids, 16x256 and 16x212"``: each batch's (B, T)."""
+    ids = [b["input_ids"] if isinstance(b, dict) else b for b in batches]
+    sizes = [f"{t.shape[0]}x{t.shape[1]}" for t in ids]
+    listed = sizes[0] if len(sizes) == 1 else f"{', '.join(sizes[:-1])} and {sizes[-1]}"
+    return f"{len(ids)} batch{'es' if len(ids) != 1 else ''} of token ids, {listed}"
 
 
 def gpt_workload(latency_windows: int = 8) -> Workload:
@@ -63,7 +78,7 @@ def gpt_workload(latency_windows: int = 8) -> Workload:
         evaluate=lambda m: gpt.perplexity(m, val_ids, block)["perplexity"],
         run=lambda m: m(batch),
         calibration=gpt_calibration_batches(tokenizer, block, n_batches=8),
-        linear_targets=("attention", "ffn", "head"),
+        linear_targets=("attention", "ffn", "head"), timed_inputs=[batch],
     )
 
 
@@ -95,7 +110,7 @@ def minilm_workload() -> Workload:
         name="minilm", model=model, metric="lee_pearson",
         evaluate=quality, run=run,
         calibration=minilm_calibration_batches(tokenizer, n_batches=8),
-        linear_targets=("attention", "ffn"),
+        linear_targets=("attention", "ffn"), timed_inputs=batches,
     )
 
 

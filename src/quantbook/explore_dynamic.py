@@ -7,8 +7,7 @@ and builds the chapter's figures and explorers from precomputed results.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -93,19 +92,6 @@ def simulate_dynamic_linear(layer: nn.Module, x: torch.Tensor, reduce_range: boo
         return F.linear(x_hat, layer.weight().dequantize(), None if bias is None else bias.detach())
 
 
-@contextlib.contextmanager
-def num_threads(n: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)``, then restore the previous setting."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} is not supported: pass a positive number of threads")
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
 def call(model: nn.Module, batch) -> object:
     """Run ``model`` on a batch: ``model(**batch)`` for a mapping, else ``model(batch)``."""
     return model(**batch) if isinstance(batch, Mapping) else model(batch)
@@ -134,7 +120,7 @@ def latency_grid(models: Mapping[str, nn.Module], make_batch: Callable[[int], ob
     for n_threads in threads:
         for batch_size in batch_sizes:
             batch = make_batch(batch_size)
-            with num_threads(n_threads):
+            with measure.num_threads(n_threads):
                 timings = measure.compare_latency(
                     {name: (lambda m=m, b=batch: call(m, b)) for name, m in models.items()},
                     warmup=warmup, repeats=repeats)
@@ -227,7 +213,7 @@ def explorer_grid(model: nn.Module, evaluate_fn: Callable[[nn.Module], dict],
         models[label] = quantized
         rows.append({"label": label, "groups": groups, "granularity": granularity,
                      "size_bytes": measure.size_bytes(quantized), **quality})
-    with num_threads(threads or torch.get_num_threads()):
+    with measure.num_threads(threads or torch.get_num_threads()):
         timings = measure.compare_latency(
             {k: (lambda m=m: run_fn(m)) for k, m in models.items()}, warmup=warmup, repeats=repeats)
     for row in rows:

@@ -11,6 +11,7 @@ import torch
 
 from quantbook.data import TextSplit, lee_split
 from quantbook.gpt import GPT, CharTokenizer, GPTConfig, perplexity
+from quantbook.measure import num_threads
 
 
 @dataclass(frozen=True)
@@ -103,45 +104,40 @@ def train(gpt_config: GPTConfig, train_config: TrainConfig, seed: int, *,
         raise ValueError(f"the training text has {train_ids.numel()} tokens: expected more than "
                          f"block_size={T}")
     history = TrainHistory()
-    old_threads = torch.get_num_threads()
     start = time.perf_counter()
-    try:
-        torch.set_num_threads(train_config.num_threads)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = GPT(gpt_config)
-            model.train()
-            optimizer = _optimizer(model, train_config)
-            batches = torch.Generator().manual_seed(seed + 1)
-            for step in range(train_config.steps):
-                lr = learning_rate(step, train_config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                starts = torch.randint(train_ids.numel() - T, (B,), generator=batches)  # (B,)
-                offsets = starts[:, None] + torch.arange(T + 1)  # (B, T + 1)
-                window = train_ids[offsets]  # (B, T + 1)
-                _, loss = model(window[:, :-1], window[:, 1:])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if train_config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-                optimizer.step()
-                history.step.append(step)
-                history.train_loss.append(loss.item())
-                history.lr.append(lr)
-                last = step == train_config.steps - 1
-                interval = train_config.eval_interval
-                val_loss = None
-                if val_ids.numel() > 1 and interval and ((step + 1) % interval == 0 or last):
-                    val_loss = perplexity(model, val_ids, T)["loss_nats"]
-                    model.train()
-                    history.eval_step.append(step)
-                    history.val_loss.append(val_loss)
-                if progress is not None and (val_loss is not None or last):
-                    progress(step, {"train_loss": loss.item(), "val_loss": val_loss, "lr": lr,
-                                    "elapsed_s": time.perf_counter() - start})
-    finally:
-        torch.set_num_threads(old_threads)
+    with num_threads(train_config.num_threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT(gpt_config)
+        model.train()
+        optimizer = _optimizer(model, train_config)
+        batches = torch.Generator().manual_seed(seed + 1)
+        for step in range(train_config.steps):
+            lr = learning_rate(step, train_config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            starts = torch.randint(train_ids.numel() - T, (B,), generator=batches)  # (B,)
+            offsets = starts[:, None] + torch.arange(T + 1)  # (B, T + 1)
+            window = train_ids[offsets]  # (B, T + 1)
+            _, loss = model(window[:, :-1], window[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            optimizer.step()
+            history.step.append(step)
+            history.train_loss.append(loss.item())
+            history.lr.append(lr)
+            last = step == train_config.steps - 1
+            interval = train_config.eval_interval
+            val_loss = None
+            if val_ids.numel() > 1 and interval and ((step + 1) % interval == 0 or last):
+                val_loss = perplexity(model, val_ids, T)["loss_nats"]
+                model.train()
+                history.eval_step.append(step)
+                history.val_loss.append(val_loss)
+            if progress is not None and (val_loss is not None or last):
+                progress(step, {"train_loss": loss.item(), "val_loss": val_loss, "lr": lr,
+                                "elapsed_s": time.perf_counter() - start})
     history.train_seconds = time.perf_counter() - start
     model.eval()
     return model, tokenizer, history
