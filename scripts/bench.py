@@ -1,8 +1,8 @@
 """Run every quantization method on both models in one process; print the table, write JSON.
 
 Usage: python scripts/bench.py [--models gpt minilm] [--repeats 10] [--out FILE]
-(default FILE: src/quantbook/results/bench.json, committed: chapter 06 draws on it; a copy
-also goes to _build/bench/results.json)
+(default FILE: _build/bench/results.json). Chapter 09 renders the committed run in
+src/quantbook/results/bench.json; `make bench-commit` copies this file there, a separate step.
 """
 
 import argparse
@@ -13,8 +13,7 @@ import torch
 
 from quantbook import bench, machine
 from quantbook.quiet import silence_known_noise
-
-BUILD_COPY = "_build/bench/results.json"  # a copy beside the built site, not committed
+from quantbook.records import save_records
 
 # measured against the issue's targets on a 2-core AVX-512 VNNI machine
 TARGETS = (
@@ -26,24 +25,24 @@ TARGETS = (
 )
 
 
-def check_targets(records: list[dict]) -> list[str]:
+def check_targets(records: list) -> list[str]:
     """One line per target: the measured value and whether it is met."""
-    rows = {(r["model"], r["method"]): r for r in records}
+    rows = {r.key: r for r in records}
     lines = []
     for model, method, key, op, bound in TARGETS:
         if (model, method) not in rows:
             continue
-        value = rows[model, method][key]
+        value = getattr(rows[model, method], key)
         met = value >= bound if op == ">=" else value <= bound
         verdict = "met " if met else "MISS"
         lines.append(f"{verdict} {model} {method}: {key} {value:.3f} {op} {bound}")
     for r in records:
-        if r["method"] == "dynamic int8 per-tensor" and r["model"] == "minilm":
-            drop = r["float_value"] - r["value"]
+        if r.key == ("minilm", "dynamic int8 per-tensor"):
+            drop = r.float_value - r.value
             lines.append(f"{'met ' if abs(drop) <= 0.01 else 'MISS'} minilm dynamic int8: "
                          f"Lee Pearson within 0.01 of float32 (drop {drop:+.4f})")
-        if r["method"] == "weight-only int8" and r["model"] == "gpt":
-            rel = r["value"] / r["float_value"] - 1
+        if r.key == ("gpt", "weight-only int8"):
+            rel = r.value / r.float_value - 1
             lines.append(f"{'met ' if rel <= 0.01 else 'MISS'} gpt int8 weights: perplexity "
                          f"within 1% of float32 ({rel:+.2%})")
     return lines
@@ -53,7 +52,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(bench.MODELS))
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default=str(bench.RESULTS))
+    parser.add_argument("--out", default=str(bench.LATEST))
     args = parser.parse_args(argv)
     silence_known_noise()
     torch.manual_seed(0)
@@ -65,10 +64,10 @@ def main(argv: list[str]) -> int:
     print(bench.format_table(records))
     print("\n".join(check_targets(records)))
     seconds = time.perf_counter() - start
-    kwargs = dict(machine=report, repeats=args.repeats, seconds=round(seconds))
-    out = bench.save_results(records, args.out, **kwargs)
-    copy = bench.save_results(records, BUILD_COPY, **kwargs)
-    print(f"wrote {out} and {copy} ({len(records)} records) in {seconds:.0f} s")
+    out = save_records(records, args.out, machine=report, repeats=args.repeats,
+                       seconds=round(seconds))
+    print(f"wrote {out} ({len(records)} records) in {seconds:.0f} s; `make bench-commit` "
+          "makes it the run chapter 09 renders")
     return 0
 
 

@@ -1,8 +1,12 @@
+"""Tests for quantbook.accounting against ledgers counted by hand for tiny GPTs and BERTs."""
+
 import pytest
+import torch
 from torch import nn
 
 from quantbook.accounting import ROWS, GroupCost, group_accounting
 from quantbook.gpt import GPT, GPTConfig
+from quantbook.quiet import quiet_torch_ao
 
 
 def table(model, seq_len):
@@ -66,3 +70,15 @@ def test_errors():
         group_accounting(model, 0)
     with pytest.raises(TypeError, match=r"model is a Linear, which quantbook cannot map"):
         group_accounting(nn.Linear(2, 2), 4)
+
+
+def test_a_quantized_copy_is_refused_rather_than_miscounted():
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    with quiet_torch_ao():
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    # its Linear layers keep their names but hold packed int8 weights, not parameters
+    match = (r"model\.blocks\.0\.attn\.q_proj is a torch\.ao\.nn\.quantized\.dynamic\..*Linear, "
+             r"not an nn\.Linear: group_accounting counts the float model")
+    with pytest.raises(TypeError, match=match):
+        group_accounting(quantized, 4)
+    assert group_accounting(model, 4)[1].n_params == 4 * (8 * 8 + 8)  # the float one still counts

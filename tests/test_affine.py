@@ -116,9 +116,13 @@ def test_axis_and_group_errors():
         choose_qparams(torch.randn(4, 6), spec_of(granularity="channel", axis=2))
     with pytest.raises(ValueError, match=r"axis=0 is out of range for a tensor with 0 dims"):
         choose_qparams(torch.tensor(1.0), spec_of(granularity="channel"))
-    msg = r"group_size=100 does not divide the last dim of size 384 .* \[32, 48, 64, 96, 128\]"
+    msg = (r"group_size=100 does not divide the last dim of shape \(4, 384\) \(384\): choose a "
+           r"divisor of 384, e\.g\. \[48, 64, 96, 128\]")
     with pytest.raises(ValueError, match=msg):
         choose_qparams(torch.randn(4, 384), spec_of(granularity="group", group_size=100))
+    with pytest.raises(ValueError, match=r"a 0-dim tensor has no last dim to split into groups: "
+                                         r"use granularity='tensor'"):
+        choose_qparams(torch.tensor(1.0), spec_of(granularity="group", group_size=1))
 
 
 def test_qparams_validation_and_shape_mismatch():

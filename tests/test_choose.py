@@ -1,23 +1,24 @@
 """Tests for quantbook.choose: quality loss, Pareto fronts against brute force, budgeted picks."""
 
-import itertools
+import math
 
-import ipywidgets as widgets
-import matplotlib
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from quantbook import choose
+from quantbook.records import BenchRecord
 
-from quantbook import bench, choose  # noqa: E402
+FAMILIES = {"float32": "float32", "weight": "weight-only (quantbook)",
+            "dynamic": "dynamic (eager)", "static": "static (eager)"}
 
 
 def record(method, size_ratio, speedup, value, metric="perplexity", float_value=4.0,
-           model="gpt"):
-    return {"model": model, "method": method, "size_ratio": size_ratio, "speedup": speedup,
-            "metric": metric, "value": value, "float_value": float_value}
+           model="gpt", secondary=None):
+    family = FAMILIES.get(method.split("-")[0].split(" ")[0], "dynamic (eager)")
+    return BenchRecord(model=model, method=method, family=family, metric=metric, value=value,
+                       float_value=float_value, size_bytes=1000, size_ratio=size_ratio,
+                       speedup=speedup, secondary=secondary or {})
 
 
 RECORDS = [
@@ -43,30 +44,10 @@ def test_unknown_metric_is_refused_with_the_known_ones():
         choose.quality_loss_pct(record("x", 1, 1, 1.0, metric="bleu"))
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("float32", "float32"),
-    ("weight-only int4 group32", "weight-only (quantbook)"),
-    ("torchao int4 weight-only group32", "weight-only (torchao)"),
-    ("dynamic float16", "dynamic (eager)"),
-    ("torchao int8 dynamic", "dynamic (torchao)"),
-    ("static int8 (histogram)", "static (eager)"),
-])
-def test_family(method, expected):
-    assert choose.family(method) == expected
-
-
-def test_every_bench_method_has_a_family():
-    workload = bench.Workload("gpt", None, "perplexity", None, None, [], ("attention",))
-    assert {choose.family(m) for m in bench.methods(workload)} == set(choose.FAMILIES) - {
-        "float32"}
-    with pytest.raises(ValueError, match="method='pruned'"):
-        choose.family("pruned")
-
-
 def test_pareto_front_on_a_known_case():
     gpt = choose.model_records(RECORDS, "gpt")
-    size = [r["method"] for r in choose.pareto_front(gpt, "size")]
-    speed = [r["method"] for r in choose.pareto_front(gpt, "speed")]
+    size = [r.method for r in choose.pareto_front(gpt, "size")]
+    speed = [r.method for r in choose.pareto_front(gpt, "speed")]
     assert size == ["weight-only int4", "weight-only int8", "float32"]
     assert speed == ["dynamic int8 per-tensor", "float32"]
 
@@ -74,7 +55,8 @@ def test_pareto_front_on_a_known_case():
 def brute_force_front(records, key, smaller_is_better):
     def dominates(a, b):
         la, lb = choose.quality_loss_pct(a), choose.quality_loss_pct(b)
-        ca, cb = (a[key], b[key]) if smaller_is_better else (-a[key], -b[key])
+        ca, cb = getattr(a, key), getattr(b, key)
+        ca, cb = (ca, cb) if smaller_is_better else (-ca, -cb)
         return la <= lb and ca <= cb and (la < lb or ca < cb)
 
     return {id(b) for b in records if not any(dominates(a, b) for a in records)}
@@ -102,8 +84,8 @@ def test_pick_is_the_best_within_budget_and_on_the_front(ps, budget):
     for cost, key in (("size", "size_ratio"), ("speed", "speedup")):
         best = choose.pick(records, budget, cost)
         allowed = [r for r in records if choose.quality_loss_pct(r) <= budget]
-        values = [r[key] for r in allowed]
-        assert best[key] == (min(values) if key == "size_ratio" else max(values))
+        values = [getattr(r, key) for r in allowed]
+        assert getattr(best, key) == (min(values) if key == "size_ratio" else max(values))
         assert choose.quality_loss_pct(best) <= budget
         assert best in choose.pareto_front(records, cost, resolution_pct=0)
 
@@ -111,9 +93,9 @@ def test_pick_is_the_best_within_budget_and_on_the_front(ps, budget):
 def test_losses_closer_than_the_resolution_are_ties():
     records = [record("float32", 1.0, 1.0, 4.0), record("weight-only int8", 0.30, 1.0, 4.0001),
                record("torchao int8 weight-only", 0.31, 1.0, 4.00005)]
-    exact = [r["method"] for r in choose.pareto_front(records, "size", resolution_pct=0)]
+    exact = [r.method for r in choose.pareto_front(records, "size", resolution_pct=0)]
     assert exact == ["weight-only int8", "torchao int8 weight-only", "float32"]
-    assert [r["method"] for r in choose.pareto_front(records, "size")] == ["weight-only int8"]
+    assert [r.method for r in choose.pareto_front(records, "size")] == ["weight-only int8"]
     with pytest.raises(ValueError, match="resolution_pct=-1"):
         choose.pareto_front(records, "size", resolution_pct=-1)
 
@@ -131,58 +113,75 @@ def test_pick_and_front_refuse_bad_arguments():
 
 def test_pick_within_budget_on_the_known_case():
     gpt = choose.model_records(RECORDS, "gpt")
-    assert choose.pick(gpt, 0.2, "size")["method"] == "weight-only int8"
-    assert choose.pick(gpt, 6.0, "size")["method"] == "weight-only int4"
-    assert choose.pick(gpt, 0.2, "speed")["method"] == "float32"
-    assert choose.pick(gpt, 1.0, "speed")["method"] == "dynamic int8 per-tensor"
+    assert choose.pick(gpt, 0.2, "size").method == "weight-only int8"
+    assert choose.pick(gpt, 6.0, "size").method == "weight-only int4"
+    assert choose.pick(gpt, 0.2, "speed").method == "float32"
+    assert choose.pick(gpt, 1.0, "speed").method == "dynamic int8 per-tensor"
 
 
-def test_budget_figure_has_a_panel_per_model_and_cost_and_rings_the_pick():
-    fig = choose.budget_figure(RECORDS, 1.0)
-    assert len(fig.axes) == 4
-    # the ringed pick is the last scatter of each panel, at the pick's coordinates
-    ring = fig.axes[1].collections[-1].get_offsets()[0]
-    assert tuple(ring) == pytest.approx((2.0, 0.5))
-    plt.close(fig)
+# ------------------------------------------------------------------ NaN is the worst
 
 
-def test_picks_html_names_the_picks():
-    html = choose.picks_html(RECORDS, 1.0)
-    assert "weight-only int8 (30.0%" in html and "dynamic int8 per-tensor (2.00x" in html
+def test_a_nan_metric_is_an_infinite_loss():
+    broken = record("dynamic int8 per-tensor", 0.3, 2.0, math.nan)
+    assert choose.quality_loss_pct(broken) == math.inf
+    lee = record("dynamic int8 per-tensor", 0.3, 2.0, math.nan, "lee_pearson", 0.65, "minilm")
+    assert choose.quality_loss_pct(lee) == math.inf
+    assert choose.quality_loss_pct(RECORDS[0]) == 0.0
+    assert str(choose.quality_loss_pct(record("x", 1, 1, 4.0))) == "0.0"  # never "-0.0"
 
 
-def test_static_explorer_has_one_view_per_budget_linked_to_the_slider():
-    budgets = (0.5, 6.0)
-    box = choose.static_explorer(RECORDS, budgets)
-    slider, stack = box.children
-    assert list(slider.options) == ["0.5 %", "6 %"]
-    assert len(stack.children) == 2 and box.link.source == (slider, "index")
-    html = [view.children[0].value for view in stack.children]
-    assert "weight-only int8" in html[0] and "weight-only int4" in html[1]
+def test_a_nan_model_is_never_picked_and_never_dominates():
+    broken = record("dynamic broken", 0.05, 9.0, math.nan)  # the smallest and the fastest
+    gpt = [*choose.model_records(RECORDS, "gpt"), broken]
+    for budget in (0.2, 6.0, 100.0, 1e9):
+        assert choose.pick(gpt, budget, "size").method != "dynamic broken"
+        assert choose.pick(gpt, budget, "speed").method != "dynamic broken"
+    assert choose.pick(gpt, 6.0, "size").method == "weight-only int4"
+    # it dominates nothing: every record of the front without it is still on the front
+    honest = {r.method for r in choose.pareto_front(gpt[:-1], "size")}
+    assert honest <= {r.method for r in choose.pareto_front(gpt, "size")}
 
 
-def test_live_explorer_updates_on_a_budget_change():
-    box = choose.explorer(RECORDS, (0.2, 6.0), start_pct=0.2)
-    slider, table, image = box.children
-    first_table, first_image = table.value, image.value
-    slider.value = 6.0
-    assert table.value != first_table and image.value != first_image
-    assert isinstance(image, widgets.Image) and bytes(image.value).startswith(b"\x89PNG")
-    with pytest.raises(ValueError, match="start_pct=3"):
-        choose.explorer(RECORDS, (0.2, 6.0), start_pct=3)
+def test_a_nan_model_is_not_on_the_front():
+    gpt = [*choose.model_records(RECORDS, "gpt"), record("dynamic broken", 0.05, 9.0, math.nan)]
+    for cost in ("size", "speed"):
+        assert "dynamic broken" not in [r.method for r in choose.pareto_front(gpt, cost)]
 
 
-def test_committed_results_are_complete():
-    meta, records = bench.load_results()
-    assert {"machine", "created", "repeats"} <= set(meta)
-    workload = bench.Workload("gpt", None, "perplexity", None, None, [], ("attention",))
-    methods = ["float32", *bench.methods(workload)]
-    for model in bench.MODELS:
-        assert [r["method"] for r in choose.model_records(records, model)] == methods
-    for a, b in itertools.combinations(records, 2):
-        assert (a["model"], a["method"]) != (b["model"], b["method"])
+def test_pick_respects_min_cosine_where_one_is_measured():
+    minilm = [record("float32", 1.0, 1.0, 0.65, "lee_pearson", 0.65, "minilm"),
+              record("dynamic a", 0.3, 2.0, 0.65, "lee_pearson", 0.65, "minilm",
+                     {"cosine_mean": 0.95}),
+              record("dynamic b", 0.5, 1.5, 0.65, "lee_pearson", 0.65, "minilm",
+                     {"cosine_mean": 0.999}),
+              record("dynamic c", 0.4, 1.2, 0.65, "lee_pearson", 0.65, "minilm",
+                     {"cosine_mean": math.nan})]
+    assert choose.pick(minilm, 1.0, "size").method == "dynamic a"
+    assert choose.pick(minilm, 1.0, "size", min_cosine=0.99).method == "dynamic b"
+    assert choose.pick(minilm, 1.0, "speed", min_cosine=1.0).method == "float32"
+    with pytest.raises(ValueError, match=r"min_cosine=2 must lie in \[-1, 1\] \(a cosine\), or "
+                                         r"be None"):
+        choose.pick(minilm, 1.0, "size", min_cosine=2)
 
 
-def test_load_results_names_the_fix_when_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make bench"):
-        bench.load_results(tmp_path / "none.json")
+def test_untimed_records_have_no_speed_but_a_size():
+    untimed = [record("float32", 1.0, None, 4.0), record("weight-only int8", 0.3, None, 4.0)]
+    assert choose.pick(untimed, 1.0, "size").method == "weight-only int8"
+    assert choose.pareto_front(untimed, "speed") == []
+
+
+def test_picking_by_speed_among_untimed_records_says_so():
+    untimed = [record("float32", 1.0, None, 4.0), record("weight-only int8", 0.3, None, 4.0)]
+    with pytest.raises(ValueError, match=r"speedup.*timed"):
+        choose.pick(untimed, 1.0, "speed")
+
+
+def test_dict_records_are_refused_with_the_type():
+    with pytest.raises(TypeError, match=r"record is a dict: expected a BenchRecord"):
+        choose.quality_loss_pct({"metric": "perplexity", "value": 4.1, "float_value": 4.0})
+
+
+def test_a_budget_that_is_not_a_number_is_refused():
+    with pytest.raises(TypeError, match=r"max_loss_pct='1' must be a number"):
+        choose.pick(RECORDS, "1", "size")

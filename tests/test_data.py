@@ -1,9 +1,15 @@
+"""Tests for quantbook.data against hand-read lines of the Lee files and the split's rules."""
+
 import importlib.util
 
 import numpy as np
 import pytest
+import torch
+from conftest import make_bert, make_gpt
 
 from quantbook import data
+from quantbook.gpt import CharTokenizer
+from quantbook.validate import check_batches
 
 
 def test_article_counts():
@@ -90,3 +96,93 @@ def test_gensim_is_not_imported():
             "print('gensim' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ calibration batches
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    return CharTokenizer.from_text(data.lee_split().train)
+
+
+def test_gpt_calibration_batches_come_from_training_text(char_tokenizer):
+    train = data.lee_split().train
+    out = data.gpt_calibration_batches(char_tokenizer, block_size=32, n_batches=2, batch_size=4)
+    assert len(out) == 2 and out[0].shape == (4, 32) and out[0].dtype == torch.long
+    windows = [char_tokenizer.decode(w) for batch in out for w in batch]
+    assert len(set(windows)) == 8 and all(w in train for w in windows)
+    assert not any(w in doc for w in windows for doc in data.lee_documents())
+    again = data.gpt_calibration_batches(char_tokenizer, block_size=32, n_batches=2,
+                                         batch_size=4)
+    assert all(torch.equal(x, y) for x, y in zip(out, again, strict=True))  # seeded
+    other = data.gpt_calibration_batches(char_tokenizer, block_size=32, n_batches=2,
+                                         batch_size=4, seed=1)
+    assert not torch.equal(out[0], other[0])
+    with pytest.raises(ValueError, match=r"n_batches=1000000 x batch_size=4 windows of 16 tokens "
+                                         r"need 4000000 start positions, the training text has "
+                                         r"\d+: ask for fewer batches"):
+        data.gpt_calibration_batches(char_tokenizer, block_size=16, n_batches=10**6,
+                                     batch_size=4)
+
+
+def test_gpt_calibration_batches_pass_the_models_check(char_tokenizer):
+    model = make_gpt(vocab_size=char_tokenizer.vocab_size, block_size=16)
+    batches = data.gpt_calibration_batches(char_tokenizer, block_size=16, n_batches=3)
+    assert len(check_batches(model, batches)) == 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_batches=0), r"n_batches=0 is not supported: pass a positive integer"),
+    (dict(batch_size=-1), r"batch_size=-1 is not supported"),
+    (dict(n_batches=True), r"n_batches=True is not supported"),
+    (dict(batch_size=2.0), r"batch_size=2\.0 is not supported"),
+])
+def test_calibration_batch_counts_are_checked(char_tokenizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.gpt_calibration_batches(char_tokenizer, 16, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        data.minilm_calibration_batches(char_tokenizer, **kwargs)
+
+
+def test_gpt_calibration_batches_refuse_a_block_size_below_one(char_tokenizer):
+    with pytest.raises(ValueError, match=r"block_size=0 is not supported: pass a positive "
+                                         r"integer"):
+        data.gpt_calibration_batches(char_tokenizer, 0)
+
+
+def test_minilm_calibration_batches_batch_the_training_articles():
+    calls = []
+
+    def fake_tokenizer(texts, **kwargs):
+        calls.append((list(texts), kwargs))
+        return {"input_ids": torch.zeros(len(texts), 3, dtype=torch.long)}
+
+    out = data.minilm_calibration_batches(fake_tokenizer, n_batches=3, batch_size=2, seed=1)
+    assert [b["input_ids"].shape[0] for b in out] == [2, 2, 2]
+    assert all(type(b) is dict for b in out)
+    assert [t for texts, _ in calls for t in texts] == data.calibration_texts(6, seed=1)
+    assert calls[0][1] == dict(padding=True, truncation=True, max_length=256,
+                               return_tensors="pt")
+    data.minilm_calibration_batches(fake_tokenizer, n_batches=1, max_length=64)
+    assert calls[-1][1]["max_length"] == 64
+
+
+def test_minilm_calibration_batches_pass_the_check_of_a_bert_with_minilms_vocabulary():
+    from transformers import AutoTokenizer
+
+    from quantbook.minilm import model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    batches = data.minilm_calibration_batches(tokenizer, n_batches=2, batch_size=3)
+    ids = batches[0]["input_ids"]
+    assert ids.shape[0] == 3 and ids.shape[1] <= 256
+    assert (ids[:, 0] == tokenizer.cls_token_id).all()
+
+    bert = make_bert(vocab_size=tokenizer.vocab_size, max_positions=512)  # MiniLM's layout
+    assert check_batches(bert, batches) == batches
+
+
+def test_minilm_batches_refuse_the_gpts_tokenizer(char_tokenizer):
+    with pytest.raises(TypeError, match=r"tokenizer is a CharTokenizer.*gpt_calibration_batches"):
+        data.minilm_calibration_batches(char_tokenizer)

@@ -1,8 +1,11 @@
+"""Tests for quantbook.methods.dynamic against torch's kernels, observers and choose_qparams."""
+
 import copy
 import warnings
 
 import pytest
 import torch
+from conftest import FakeCudaModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -12,7 +15,7 @@ from quantbook.measure import size_bytes
 from quantbook.methods.dynamic import (
     DynamicConfig,
     dynamic_activation_qparams,
-    quantize_dynamic_model,
+    quantize_dynamic,
 )
 from quantbook.quiet import silence_known_noise
 from quantbook.targets import list_targets
@@ -21,7 +24,8 @@ with warnings.catch_warnings():
     silence_known_noise()
     import torch.ao.nn.quantized as nnq
     import torch.ao.nn.quantized.dynamic as nnqd
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig
+    from torch.ao.quantization import quantize_dynamic as torch_quantize_dynamic
 
 
 def tiny_gpt(vocab_size=64, n_embd=32) -> GPT:
@@ -58,11 +62,13 @@ def quiet_call(fn, *args, **kwargs):
 
 
 def test_converts_exactly_the_targeted_linears(gpt, ids):
-    (q, report), caught = quiet_call(quantize_dynamic_model, gpt, DynamicConfig())
+    (q, report), caught = quiet_call(quantize_dynamic, gpt, DynamicConfig())
     expected = list_targets(gpt)["attention"] + list_targets(gpt)["ffn"]
     assert caught == []
-    assert sorted(report.converted) == sorted(expected)
+    assert report.converted == tuple(expected)
     assert report.skipped == ()
+    assert (report.label, report.family) == ("dynamic int8 per-tensor", "dynamic (eager)")
+    assert not q.training
     converted = {n for n, m in q.named_modules() if isinstance(m, nnqd.Linear)}
     assert converted == set(expected)
     assert type(q.lm_head) is nn.Linear  # "head" not targeted by default
@@ -73,7 +79,7 @@ def test_converts_exactly_the_targeted_linears(gpt, ids):
 def test_input_model_untouched(gpt, ids):
     before = copy.deepcopy(gpt.state_dict())
     logits = gpt(ids)[0]
-    quantize_dynamic_model(gpt, DynamicConfig(embeddings_bits=4, granularity="channel"))
+    quantize_dynamic(gpt, DynamicConfig(embeddings_bits=4, granularity="channel"))
     assert all(torch.equal(before[k], v) for k, v in gpt.state_dict().items())
     assert type(gpt.blocks[0].attn.q_proj) is nn.Linear and type(gpt.tok_emb) is nn.Embedding
     assert torch.equal(gpt(ids)[0], logits)
@@ -81,7 +87,7 @@ def test_input_model_untouched(gpt, ids):
 
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
 def test_weights_match_symmetric_int8_reference(gpt, granularity):
-    q, _ = quantize_dynamic_model(gpt, DynamicConfig(granularity=granularity))
+    q, _ = quantize_dynamic(gpt, DynamicConfig(granularity=granularity))
     w = gpt.blocks[0].mlp.fc_in.weight.detach()  # (out, in)
     qw = q.blocks[0].mlp.fc_in.weight()
     if granularity == "tensor":
@@ -99,7 +105,7 @@ def test_weights_match_symmetric_int8_reference(gpt, granularity):
 
 def test_dynamic_linear_output_matches_fake_quant_reference():
     lin = nn.Sequential(nn.Linear(24, 8)).eval()
-    q, _ = quantize_dynamic_model(lin, DynamicConfig(), modules=["0"])
+    q, _ = quantize_dynamic(lin, DynamicConfig(modules=("0",)))
     w = q[0].weight().dequantize()
     for shift in (0.0, 3.0, -5.0):  # batches of different range get different activation qparams
         x = torch.randn(5, 24, generator=torch.Generator().manual_seed(2)) * 2 + shift
@@ -130,8 +136,8 @@ def test_activation_qparams_match_torch(low, width, tiny, reduce_range):
 
 
 def test_float16_variant(gpt, ids):
-    (q, report), caught = quiet_call(quantize_dynamic_model, gpt, DynamicConfig(dtype="float16"))
-    assert caught == [] and report.method == "dynamic float16"
+    (q, report), caught = quiet_call(quantize_dynamic, gpt, DynamicConfig(dtype="float16"))
+    assert caught == [] and report.label == "dynamic float16"
     layer = q.blocks[1].attn.v_proj
     assert type(layer) is nnqd.Linear and layer._packed_params.dtype == torch.float16
     x = torch.randn(3, 32)
@@ -142,10 +148,11 @@ def test_float16_variant(gpt, ids):
 @pytest.mark.parametrize(("bits", "dtype"), [(8, torch.quint8), (4, torch.quint4x2)])
 def test_embeddings_converted_and_shrink(bits, dtype):
     model = tiny_gpt(vocab_size=512, n_embd=64)
-    (q, report), caught = quiet_call(quantize_dynamic_model, model,
+    (q, report), caught = quiet_call(quantize_dynamic, model,
                                      DynamicConfig(embeddings_bits=bits))
     assert caught == []
     assert {"tok_emb", "pos_emb"} <= set(report.converted)
+    assert report.label == f"dynamic int8 per-tensor, embeddings {bits}-bit"
     emb = q.tok_emb
     assert type(emb) is nnq.Embedding and emb.dtype == dtype
     assert emb.weight().qscheme() == torch.per_channel_affine_float_qparams
@@ -162,45 +169,59 @@ def test_embeddings_converted_and_shrink(bits, dtype):
 
 def test_four_bit_embedding_is_half_the_eight_bit_table():
     model = tiny_gpt(vocab_size=512, n_embd=64)
-    size = {b: size_bytes(quantize_dynamic_model(model, DynamicConfig(embeddings_bits=b))[0]
+    size = {b: size_bytes(quantize_dynamic(model, DynamicConfig(embeddings_bits=b))[0]
                           .tok_emb) for b in (8, 4)}
     data = 512 * 64  # bytes of 8-bit codes
     assert size[8] - size[4] == pytest.approx(data / 2, rel=0.05)
 
 
 def test_refuses_a_model_off_the_cpu():
-    model = tiny_gpt().to("meta")  # stands in for CUDA: same check, no GPU needed
-    with pytest.raises(ValueError, match=r"tensors on meta.*CPU only.*'CUDA' backend.*model\.cpu"):
-        quantize_dynamic_model(model, DynamicConfig())
+    # torch 2.13's x86 kernels would fail deep inside with "Could not run
+    # 'quantized::linear_dynamic' ... 'CUDA' backend"; a buffer claiming CUDA stands in for a GPU
+    with pytest.raises(ValueError, match=r"dynamic int8 per-tensor: the model has tensors on "
+                                         r"cuda, but this method runs on cpu only: quantize "
+                                         r"model\.cpu\(\); on a GPU use a torchao method"):
+        quantize_dynamic(FakeCudaModel(), DynamicConfig(modules=("fc",)))
+    with pytest.raises(ValueError, match=r"tensors on the meta device \(shapes without data\)"):
+        quantize_dynamic(tiny_gpt().to("meta"), DynamicConfig())
 
 
 def test_multihead_attention_is_not_silently_left_float():
     model = MHAModel().eval()
     with warnings.catch_warnings():
         silence_known_noise()
-        plain = quantize_dynamic(model, {nn.Linear: default_dynamic_qconfig})
+        plain = torch_quantize_dynamic(model, {nn.Linear: default_dynamic_qconfig})
     # PyTorch's own API: out_proj is a NonDynamicallyQuantizableLinear and silently stays float
     assert type(plain.mha.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
-    with pytest.raises(ValueError, match=r"converted no module.*mha\.out_proj.*MultiheadAttention"):
-        quantize_dynamic_model(model, DynamicConfig(), modules=["mha.out_proj"])
+    with pytest.raises(ValueError, match=r"dynamic int8 per-tensor would convert no module "
+                                         r"\(mha\.out_proj: inside nn\.MultiheadAttention, "
+                                         r"whose forward reads out_proj\.weight directly"):
+        quantize_dynamic(model, DynamicConfig(modules=("mha.out_proj",)))
 
 
 def test_exclude_keeps_modules_float(gpt):
-    q, report = quantize_dynamic_model(
-        gpt, DynamicConfig(), modules=["blocks.0.mlp.fc_in", "blocks.0.mlp.fc_out",
-                                       "blocks.0.ln_1", "tok_emb"],
-        exclude=["blocks.0.mlp.fc_out"])
+    q, report = quantize_dynamic(gpt, DynamicConfig(
+        modules=("blocks.0.mlp.fc_in", "blocks.0.mlp.fc_out", "blocks.0.ln_1", "tok_emb"),
+        exclude=("blocks.0.mlp.fc_out",)))
     assert report.converted == ("blocks.0.mlp.fc_in",)
-    reasons = dict(report.skipped)
-    assert reasons["blocks.0.mlp.fc_out"].startswith("excluded")
-    assert "LayerNorm" in reasons["blocks.0.ln_1"]
-    assert "embeddings_bits=None" in reasons["tok_emb"]
+    assert report.skipped == (
+        ("blocks.0.mlp.fc_out", "excluded: kept in float on request"),
+        ("blocks.0.ln_1", "a LayerNorm: dynamic int8 per-tensor converts Linear"),
+        ("tok_emb", "a Embedding: dynamic int8 per-tensor converts Linear; set "
+                    "embeddings_bits=8 or 4 to quantize embedding tables"))
     assert type(q.blocks[0].mlp.fc_out) is nn.Linear
 
 
+def test_an_embedding_without_embeddings_bits_names_the_setting(gpt):
+    with pytest.raises(ValueError, match=r"tok_emb: .*set embeddings_bits=8 or 4"):
+        quantize_dynamic(gpt, DynamicConfig(modules=("tok_emb",)))
+
+
 def test_nothing_converted_raises(gpt):
-    with pytest.raises(ValueError, match=r"converted no module.*LayerNorm"):
-        quantize_dynamic_model(gpt, DynamicConfig(), modules=["blocks.0.ln_1"])
+    with pytest.raises(ValueError, match=r"dynamic int8 per-tensor would convert no module "
+                                         r"\(blocks\.0\.ln_1: a LayerNorm: dynamic int8 "
+                                         r"per-tensor converts Linear\)"):
+        quantize_dynamic(gpt, DynamicConfig(modules=("blocks.0.ln_1",)))
 
 
 @pytest.mark.parametrize(
@@ -221,12 +242,19 @@ def test_config_errors(kwargs, message):
 
 def test_name_errors(gpt):
     with pytest.raises(ValueError, match=r"modules names \['blocks\.9\.mlp'\].*named_modules"):
-        quantize_dynamic_model(gpt, modules=["blocks.9.mlp"])
+        quantize_dynamic(gpt, DynamicConfig(modules=("blocks.9.mlp",)))
     with pytest.raises(ValueError, match=r"exclude names \['lm_haed'\]"):
-        quantize_dynamic_model(gpt, exclude=["lm_haed"])
-    with pytest.raises(TypeError, match=r"expected a DynamicConfig"):
-        quantize_dynamic_model(gpt, {"granularity": "tensor"})
+        quantize_dynamic(gpt, DynamicConfig(exclude=("lm_haed",)))
+    with pytest.raises(TypeError, match=r"config is a dict: expected a DynamicConfig"):
+        quantize_dynamic(gpt, {"granularity": "tensor"})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'modules'"):
+        quantize_dynamic(gpt, DynamicConfig(), modules=["blocks.0.mlp.fc_in"])  # the old call
 
 
-def test_targets_string_becomes_tuple():
+def test_targets_string_becomes_tuple_and_labels():
     assert DynamicConfig(targets="ffn").targets == ("ffn",)
+    assert DynamicConfig(granularity="channel").label == "dynamic int8 per-channel"
+    assert DynamicConfig(dtype="float16").label == "dynamic float16"
+    assert DynamicConfig(embeddings_bits=4).label == "dynamic int8 per-tensor, embeddings 4-bit"
+    assert DynamicConfig().kinds == (nn.Linear,)
+    assert DynamicConfig(embeddings_bits=8).kinds == (nn.Linear, nn.Embedding)

@@ -1,7 +1,7 @@
-"""Tests for quantbook.explore_dynamic against PyTorch's and torchao's own kernels."""
+"""Tests for quantbook.explore_dynamic against PyTorch's own kernels and the sweep's records."""
 
-import copy
-import warnings
+import dataclasses
+import math
 
 import ipywidgets as widgets
 import matplotlib
@@ -15,12 +15,11 @@ from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 from quantbook import explore_dynamic as ed  # noqa: E402
-from quantbook.methods.dynamic import (  # noqa: E402
-    DynamicConfig,
-    dynamic_activation_qparams,
-    quantize_dynamic_model,
-)
-from quantbook.quiet import silence_known_noise  # noqa: E402
+from quantbook import measure  # noqa: E402
+from quantbook.methods import DynamicConfig, Sensitivity, quantize_dynamic  # noqa: E402
+from quantbook.methods.dynamic import dynamic_activation_qparams  # noqa: E402
+from quantbook.sweep import Sweep, Workload  # noqa: E402
+from quantbook.targets import list_targets  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,8 +32,7 @@ def ids():
 def quantized_linear(granularity: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(24, 16)).eval()
-    quantized, _ = quantize_dynamic_model(model, DynamicConfig(granularity=granularity),
-                                          modules=["0"])
+    quantized, _ = quantize_dynamic(model, DynamicConfig(granularity=granularity, modules=("0",)))
     return quantized[0]
 
 
@@ -89,32 +87,36 @@ def test_capture_inputs_returns_what_the_module_received():
         ed.capture_inputs(model, "2", lambda: None)
 
 
-def test_call_unpacks_mappings():
+def test_latency_grid_points_and_thread_restore(gpt):
+    quantized, _ = quantize_dynamic(gpt, DynamicConfig())
+    before = torch.get_num_threads()
+    points = ed.latency_grid({"float": gpt, "int8": quantized},
+                             lambda b: torch.zeros(b, 8, dtype=torch.long), [1, 2], [1],
+                             warmup=0, repeats=2)
+    assert torch.get_num_threads() == before
+    assert [(p.label, p.batch_size, p.threads) for p in points] == [
+        ("float", 1, 1), ("int8", 1, 1), ("float", 2, 1), ("int8", 2, 1)]
+    for p in points:
+        assert p.latency_ms > 0
+        if p.label == "float":
+            assert p.speedup == 1.0
+    for small, large in ((points[0], points[2]), (points[1], points[3])):
+        assert small.label == large.label
+    int8 = points[1]
+    assert int8.speedup == pytest.approx(points[0].latency_ms / int8.latency_ms)
+    fig = ed.plot_latency_grid(points, "a title")
+    assert fig._suptitle.get_text() == "a title"
+    plt.close(fig)
+
+
+def test_latency_grid_unpacks_keyword_batches():
     class Keywords(nn.Module):
         def forward(self, a, b):
             return a - b
 
-    assert ed.call(Keywords(), {"a": 5, "b": 2}) == 3
-    assert ed.call(nn.Identity(), 7) == 7
-
-
-def test_latency_grid_rows_and_thread_restore(gpt):
-    quantized, _ = quantize_dynamic_model(gpt, DynamicConfig())
-    before = torch.get_num_threads()
-    rows = ed.latency_grid({"float": gpt, "int8": quantized},
-                           lambda b: torch.zeros(b, 8, dtype=torch.long), [1, 2], [1],
-                           warmup=0, repeats=2)
-    assert torch.get_num_threads() == before
-    assert len(rows) == 2 * 2
-    assert {(r["model"], r["batch_size"]) for r in rows} == {
-        (m, b) for m in ("float", "int8") for b in (1, 2)}
-    for r in rows:
-        assert r["ms_per_item"] == pytest.approx(r["median_ms"] / r["batch_size"])
-        if r["model"] == "float":
-            assert r["speedup"] == 1.0
-    fig = ed.plot_latency_grid(rows, "a title")
-    assert fig._suptitle.get_text() == "a title"
-    plt.close(fig)
+    points = ed.latency_grid({"kw": Keywords()}, lambda n: {"a": torch.ones(n), "b": torch.ones(n)},
+                             [3], [1], warmup=0, repeats=1)
+    assert [(p.label, p.batch_size, p.speedup) for p in points] == [("kw", 3, 1.0)]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -128,101 +130,132 @@ def test_latency_grid_errors(gpt, kwargs, match):
         ed.latency_grid(args["models"], lambda b: None, args["batch_sizes"], args["threads"])
 
 
-def test_combo_label():
-    assert ed.combo_label("ffn", "channel") == "ffn, per channel"
-    with pytest.raises(ValueError, match=r"groups='head', granularity='tensor' is not a recipe"):
-        ed.combo_label("head", "tensor")
+def test_combo_label_and_configs():
+    assert ed.combo_label(("ffn",), "channel") == "ffn, per channel"
+    assert ed.combo_label(["attention", "ffn"], "tensor") == "both, per tensor"
+    with pytest.raises(ValueError, match=r"targets=\('head',\), granularity='tensor' is not"):
+        ed.combo_label(("head",), "tensor")
+    with pytest.raises(ValueError, match=r"granularity='group' is not a recipe"):
+        ed.combo_label(("ffn",), "group")
+    configs = ed.combo_configs()
+    assert list(configs) == ["attention, per tensor", "attention, per channel",
+                             "ffn, per tensor", "ffn, per channel",
+                             "both, per tensor", "both, per channel"]
+    assert configs["both, per channel"] == DynamicConfig(targets=("attention", "ffn"),
+                                                         granularity="channel")
+    assert configs["attention, per tensor"] == DynamicConfig(targets=("attention",))
 
 
 @pytest.fixture(scope="module")
 def grid(gpt, ids):
     with torch.inference_mode():
         reference = gpt(ids)[0]
-    calls = []
+    evaluated, seen_threads = [], []
 
     def evaluate(model):
-        calls.append(model)
+        evaluated.append(model)
         with torch.inference_mode():
             logits = model(ids)[0]
         cosine = torch.nn.functional.cosine_similarity(logits, reference, dim=-1).mean()
-        return {"cosine": float(cosine)}
-
-    both, _ = quantize_dynamic_model(gpt, DynamicConfig())
-    reuse = {"both, per tensor": (both, {"cosine": 0.5})}
-    seen_threads = []
+        return {"cosine_mean": float(cosine), "max_logit": float(logits.max())}
 
     def run(model):
         seen_threads.append(torch.get_num_threads())
         return model(ids)
 
-    before = torch.get_num_threads()
-    other = 2 if before == 1 else 1
-    rows = ed.explorer_grid(gpt, evaluate, run, reuse=reuse, warmup=0, repeats=2, threads=other)
-    assert set(seen_threads) == {other} and torch.get_num_threads() == before
-    return rows, calls
+    sweep = Sweep(Workload("tiny", gpt, metric="cosine_mean", evaluate=evaluate, run=run))
+    measured = sweep.record(DynamicConfig(), "both, per tensor")  # measured before: reused
+    requested, real = [], measure.num_threads
+
+    def spy(n):  # two real threads on a busy 2-core machine take seconds per call
+        requested.append(n)
+        return real(n)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(measure, "num_threads", spy)
+        records = ed.explorer_grid(sweep, threads=1, warmup=0, repeats=2)
+    assert requested == [1] and set(seen_threads) == {1}
+    return records, evaluated, measured, sweep
 
 
 def test_explorer_grid_covers_every_recipe(grid, gpt):
-    rows, calls = grid
-    labels = [r["label"] for r in rows]
-    assert labels == ["float32"] + [ed.combo_label(g, gran) for g in ed.GROUP_CHOICES
-                                    for gran in ("tensor", "channel")]
-    assert len(calls) == 6  # float + 5 recipes; the reused one is not evaluated again
-    by_label = {r["label"]: r for r in rows}
-    assert by_label["both, per tensor"]["cosine"] == 0.5
-    assert by_label["float32"]["cosine"] == pytest.approx(1.0)
-    assert by_label["float32"]["size_ratio"] == 1.0 and by_label["float32"]["speedup"] == 1.0
+    records, evaluated, measured, sweep = grid
+    assert [r.method for r in records] == ["float32", *ed.combo_configs()]
+    assert len(evaluated) == 7  # float + 6 recipes, each evaluated once
+    by_label = {r.method: r for r in records}
+    assert by_label["both, per tensor"].value == measured.value
+    assert by_label["float32"].value == pytest.approx(1.0)
+    assert by_label["float32"].size_ratio == 1.0 and by_label["float32"].speedup == 1.0
+    assert all(r.latency_ms > 0 and r.float_latency_ms > 0 for r in records)
+    groups = list_targets(gpt)
+    for label, config in ed.combo_configs().items():
+        expected = [n for g in config.targets for n in groups[g]]
+        assert sorted(sweep.quantize(config)[1].converted) == sorted(expected)
+        assert by_label[label].converted == len(expected)
     for gran in ("per tensor", "per channel"):
-        both = by_label[f"both, {gran}"]["size_bytes"]
-        assert both < by_label[f"ffn, {gran}"]["size_bytes"] < by_label["float32"]["size_bytes"]
-        assert both < by_label[f"attention, {gran}"]["size_bytes"]
+        both = by_label[f"both, {gran}"].size_bytes
+        assert both < by_label[f"ffn, {gran}"].size_bytes < by_label["float32"].size_bytes
+        assert both < by_label[f"attention, {gran}"].size_bytes
     # per channel stores one float scale and one zero point per row: a little larger
-    assert by_label["ffn, per channel"]["size_bytes"] > by_label["ffn, per tensor"]["size_bytes"]
+    assert by_label["ffn, per channel"].size_bytes > by_label["ffn, per tensor"].size_bytes
+
+
+def test_explorer_grid_refuses_a_workload():
+    with pytest.raises(TypeError, match="expected a quantbook.sweep.Sweep"):
+        ed.explorer_grid(Workload("w", nn.Linear(2, 2), "m", evaluate=lambda m: 0.0))
 
 
 def test_combo_figure_and_explorers(grid):
-    rows, _ = grid
-    fig = ed.plot_combos(rows, "recipes", selected="ffn, per tensor")
+    records, *_ = grid
+    fig = ed.plot_combos(records, "recipes", selected="ffn, per tensor",
+                         panels=[("size_ratio", "size"), ("speedup", "x"),
+                                 ("cosine_mean", "cosine")])
     assert len(fig.axes) == 3
     highlighted = [p for p in fig.axes[0].patches if p.get_linewidth() == 2.5]
     assert len(highlighted) == 1
+    heights = sorted(round(p.get_height(), 9) for p in fig.axes[0].patches)
+    assert heights == sorted(round(r.size_ratio, 9) for r in records[1:])
     plt.close(fig)
-    pictures = ed.combo_pictures(rows, "recipes")
-    assert list(pictures) == [r["label"] for r in rows[1:]]
-    live = ed.explorer(rows, pictures)
-    groups, granularity, text, image = live.children
+    pictures = ed.combo_pictures(records, "recipes")
+    assert list(pictures) == [r.method for r in records[1:]]
+    live = ed.explorer(records, pictures)
+    targets, granularity, text, image = live.children
     assert "both, per tensor" in text.value and bytes(image.value).startswith(PNG_MAGIC)
     first = bytes(image.value)
     granularity.value = "channel"
     assert "both, per channel" in text.value and bytes(image.value) != first
-    static = ed.static_explorer(rows, pictures)
+    targets.value = ("ffn",)
+    assert text.value == ed.describe(records[4]) and "ffn, per channel" in text.value
+    static = ed.static_explorer(records, pictures)
     slider, stack = static.children
-    assert list(slider.options) == [r["label"] for r in rows[1:]]
+    assert list(slider.options) == [r.method for r in records[1:]]
     assert isinstance(stack, widgets.Stack) and len(stack.children) == 6
     assert type(static.link).__name__ == "Link"
 
 
+def test_describe_and_untimed_records(grid):
+    records, *_ = grid
+    line = ed.describe(records[1])
+    size_mb = records[1].size_bytes / 1e6
+    assert line.startswith("<b>attention, per tensor</b>") and f"{size_mb:.1f} MB" in line
+    assert f"({records[1].speedup:.2f}x)" in line and "max logit" in line
+    untimed = [dataclasses.replace(r, latency_ms=None, speedup=None) for r in records]
+    assert "ms" not in ed.describe(untimed[1]).split("MB")[1]
+    message = "'attention, per tensor' has no speedup: pass timed records"
+    with pytest.raises(ValueError, match=message):
+        ed.plot_combos(untimed, "t")
+
+
 def test_sensitivity_plot_orders_bars():
-    scan = [{"module": "a", "drop": 0.1}, {"module": "b", "drop": 0.001},
-            {"module": "c", "drop": 0.01}]
+    scan = [Sensitivity("a", 0.9, 0.1), Sensitivity("b", 0.999, 0.001),
+            Sensitivity("c", 0.99, 0.01), Sensitivity("d", math.nan, math.inf)]
     fig = ed.plot_sensitivity(scan, "t")
-    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert labels == ["b", "c", "a"]  # barh draws bottom-up: the most harmful ends on top
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["b", "c", "a", "d"]  # barh draws bottom-up: the most harmful ends on top
+    widths = [p.get_width() for p in ax.patches]
+    assert widths[:3] == [0.001, 0.01, 0.1] and widths[3] == pytest.approx(1.0)
+    assert [p.get_hatch() for p in ax.patches] == [None, None, None, "//"]
     plt.close(fig)
-
-
-def test_operator_log_sees_fused_and_unfused_kernels():
-    with warnings.catch_warnings():
-        silence_known_noise()
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    torch.manual_seed(0)
-    float_model = nn.Sequential(nn.Linear(48, 40)).eval()
-    eager, _ = quantize_dynamic_model(float_model, DynamicConfig(), modules=["0"])
-    torchao_model = copy.deepcopy(float_model)
-    quantize_(torchao_model, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-    x = torch.randn(2, 3, 48)
-    assert ed.operator_log(lambda: float_model(x)) == ["aten::linear"]
-    assert ed.operator_log(lambda: eager(x))[0] == "quantized::linear_dynamic"
-    ops = ed.operator_log(lambda: torchao_model(x))
-    assert "aten::_int_mm" in ops and "torchao::quantize_affine" in ops and len(ops) > 10
-    assert ed.operator_log(lambda: None) == []
+    with pytest.raises(TypeError, match="pass the Sensitivity rows"):
+        ed.plot_sensitivity([{"module": "a", "drop": 0.1}], "t")

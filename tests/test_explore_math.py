@@ -16,7 +16,6 @@ from torch import nn  # noqa: E402
 
 from quantbook import affine  # noqa: E402
 from quantbook import explore_math as em  # noqa: E402
-from quantbook.packing import pack, to_unsigned  # noqa: E402
 
 
 def gaussian(*shape, seed=0):
@@ -152,33 +151,6 @@ def test_fit_db_per_bit_hand_computed_and_errors():
         em.fit_db_per_bit([4, 5], [1.0])
 
 
-# ----------------------------------------------------------------------------- storage
-
-
-def test_storage_bytes_hand_computed():
-    sym_channel = em.make_spec(4, "symmetric", "channel")
-    assert em.storage_bytes((4, 64), sym_channel) == 128 + 4 * 4
-    assert em.storage_bytes((4, 64), em.make_spec(8, "symmetric", "tensor")) == 256 + 4
-    asym_group = em.make_spec(2, "asymmetric", "group", group_size=32)
-    assert em.storage_bytes((2, 64), asym_group) == 32 + 4 * (4 + 1)
-    assert em.storage_bytes((3, 5), em.make_spec(3, "asymmetric", "tensor")) == 6 + 5  # 45 bits
-
-
-def test_storage_bytes_equals_a_real_packed_buffer_plus_scales():
-    x = gaussian(6, 48)
-    for spec in (em.make_spec(3, "symmetric", "group", group_size=16),
-                 em.make_spec(5, "asymmetric", "channel")):
-        codes, qp = affine.quantize_tensor(x, spec)
-        packed = pack(to_unsigned(codes, spec.bits, spec.scheme), spec.bits)
-        extra = qp.scale.numel() * (4 + (spec.scheme == "asymmetric"))
-        assert em.storage_bytes(x.shape, spec) == packed.numel() + extra
-
-
-def test_storage_bytes_rejects_a_group_size_that_does_not_divide():
-    with pytest.raises(ValueError, match=r"group_size=32 does not divide the last dim 48"):
-        em.storage_bytes((4, 48), em.make_spec(4, "symmetric", "group", group_size=32))
-
-
 # ----------------------------------------------------------------------------- grid and plots
 
 
@@ -269,3 +241,14 @@ def test_static_explorer_has_one_precomputed_view_per_bit_width():
     assert list(slider.options) == ["2 bits", "5 bits"]
     assert [type(v) for v in stack.children] == [widgets.Image, widgets.Image]
     assert all(bytes(v.value).startswith(b"\x89PNG") for v in stack.children)
+    assert (slider.value, stack.selected_index) == ("2 bits", 0)
+
+
+def test_static_explorer_starts_at_the_chosen_bit_width():
+    box = em.static_explorer(with_outlier(), "w", "symmetric", "tensor", bits=[2, 4, 8],
+                             start_bits=4)
+    slider, stack = box.children
+    assert (slider.value, stack.selected_index) == ("4 bits", 1)
+    with pytest.raises(ValueError, match=r"start_bits=3 is not one of bits=\[2, 4, 8\]"):
+        em.static_explorer(with_outlier(), "w", "symmetric", "tensor", bits=[2, 4, 8],
+                           start_bits=3)

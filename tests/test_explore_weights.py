@@ -1,4 +1,4 @@
-"""Tests for quantbook.explore_weights against quantize_weights, torch.save and hand counts."""
+"""Tests for quantbook.explore_weights against quantize_weight_only, torch.save and hand counts."""
 
 import html
 
@@ -9,19 +9,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 from quantbook import explore_weights as ew  # noqa: E402
 from quantbook import gpt  # noqa: E402
 from quantbook.gpt import GPT, CharTokenizer, GPTConfig  # noqa: E402
-from quantbook.measure import size_bytes  # noqa: E402
-from quantbook.methods.weight_only import (  # noqa: E402
+from quantbook.measure import size_bytes, tensor_bytes  # noqa: E402
+from quantbook.methods import (  # noqa: E402
     PackedLinear,
     WeightOnlyConfig,
-    quantize_weights,
+    quantize_weight_only,
 )
+from quantbook.records import BenchRecord  # noqa: E402
+from quantbook.sweep import Sweep, Workload  # noqa: E402
 from quantbook.targets import GROUPS  # noqa: E402
 
 TEXT = "the cat sat on the mat and the dog sat on the log. " * 8
@@ -39,8 +39,16 @@ def tiny_gpt(seed=0):
 MODEL = tiny_gpt()
 
 
-def sweep(**kwargs):
-    return ew.WeightSweep(MODEL, ew.gpt_quality(IDS, 16), **kwargs)
+def workload(evaluate=None, model=MODEL):
+    return Workload("tiny", model, "perplexity", evaluate or ew.gpt_quality(IDS, 16))
+
+
+def sweep(evaluate=None):
+    return ew.weight_sweep(workload(evaluate))
+
+
+def perplexity(model):
+    return gpt.perplexity(model, IDS, 16)["perplexity"]
 
 
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:
@@ -53,17 +61,21 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
 # ------------------------------------------------------------------ configs and labels
 
 
-def test_make_config_and_describe():
+def test_make_config_and_config_label():
     config = ew.make_config(4)
     assert config == WeightOnlyConfig(bits=4)  # symmetric, per channel, attention + ffn
-    assert ew.describe(config) == "int4 per channel, attention + ffn"
+    assert ew.config_label(config) == "int4 per channel, attention + ffn"
     grouped = ew.make_config(3, ["head"], "group", 32)
     assert (grouped.granularity, grouped.group_size, grouped.targets) == ("group", 32, ("head",))
-    assert ew.describe(grouped) == "int3 group32, head"
+    assert ew.config_label(grouped) == "int3 group32, head"
     assert ew.make_config(8, granularity="channel", group_size=32).group_size is None
+    asymmetric = WeightOnlyConfig(bits=3, scheme="asymmetric", granularity="tensor",
+                                  targets=("ffn",))
+    assert ew.config_label(asymmetric) == "int3 per tensor asymmetric, ffn"
+    assert [c[0] for c in ew.GRANULARITY_CHOICES] == ["per channel", "group 64", "group 32"]
 
 
-# ------------------------------------------------------------------ the sweep's models
+# ------------------------------------------------------------------ the sweeps
 
 
 @pytest.mark.parametrize("config", [
@@ -72,141 +84,116 @@ def test_make_config_and_describe():
     ew.make_config(8, ("embeddings", "head")),
     WeightOnlyConfig(bits=3, scheme="asymmetric", targets=("ffn",)),
 ])
-def test_quantized_equals_quantize_weights(config):
-    reference, _ = quantize_weights(MODEL, config)
-    ours = sweep(cache_weights=True).quantized(config)
+def test_weight_sweep_models_equal_quantize_weight_only(config):
+    reference, _ = quantize_weight_only(MODEL, config)
+    ours = sweep().quantized(config)
     assert_same_state(ours, reference)
+    packed = [m for m in ours.modules() if isinstance(m, PackedLinear)]
+    assert all(m.cache_weight for m in packed)
+    assert not any(m.cache_weight for m in reference.modules() if isinstance(m, PackedLinear))
     ids = torch.tensor([IDS[:16]])
     torch.testing.assert_close(ours(ids)[0], reference(ids)[0], rtol=0, atol=0)
-    torch.testing.assert_close(ours(ids)[0], reference(ids)[0], rtol=0, atol=0)  # cached weight
+    if packed:
+        assert packed[0]._cached_weight is not None  # kept after the first call
+    torch.testing.assert_close(ours(ids)[0], reference(ids)[0], rtol=0, atol=0)
 
 
-def test_quantized_shares_packed_modules_and_leaves_the_model_float():
+def test_weight_sweep_shares_packed_modules_and_leaves_the_model_float():
     before = {k: v.clone() for k, v in MODEL.state_dict().items()}
     s = sweep()
+    assert isinstance(s, Sweep)
     both = s.quantized(ew.make_config(4))
     attention_only = s.quantized(ew.make_config(4, ["attention"]))
     assert attention_only.blocks[0].attn.q_proj is both.blocks[0].attn.q_proj
-    assert isinstance(attention_only.blocks[0].mlp.fc_in, nn.Linear)
     assert attention_only.blocks[0].mlp.fc_in.weight is MODEL.blocks[0].mlp.fc_in.weight
     assert len(s.packed) == 2 * 6  # 2 layers x (4 attention + 2 ffn), built once each
     assert all(type(m) is nn.Linear for m in (MODEL.blocks[0].attn.q_proj, MODEL.lm_head))
     after = MODEL.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    shared = ew.WeightSweep(MODEL, lambda m: {}, packed=s.packed)
+    shared = ew.weight_sweep(workload(lambda m: 0.0), share=s)
     assert shared.quantized(ew.make_config(4)).blocks[1].mlp.fc_out is both.blocks[1].mlp.fc_out
+    with pytest.raises(ValueError, match=r"share sweeps another model"):
+        ew.weight_sweep(workload(model=tiny_gpt(1)), share=s)
+
+
+def test_record_measures_once_against_a_fresh_quantization():
+    calls = []
+
+    def evaluate(model):
+        calls.append(model)
+        return perplexity(model)
+
+    s = sweep(evaluate)
+    config = ew.make_config(3, GROUPS)
+    first = ew.record(s, config)
+    assert isinstance(first, BenchRecord) and first.method == "int3 per channel, " + " + ".join(
+        GROUPS)
+    assert ew.record(s, config) is first and len(calls) == 2  # the float model, then config
+    reference, _ = quantize_weight_only(MODEL, config)
+    assert first.size_bytes == size_bytes(reference)
+    assert first.value == pytest.approx(perplexity(reference), rel=1e-6)
+    assert first.float_value == pytest.approx(perplexity(MODEL), rel=1e-6)
 
 
 # ------------------------------------------------------------------ sizes
 
 
-def test_predicted_size_hand_computed():
-    # lm_head: Linear(64, vocab) at 4 bits per channel: vocab * 64 / 2 code bytes + vocab scales
-    vocab = TOKENIZER.vocab_size
-    float_bytes = ew.state_dict_nbytes(MODEL)
-    predicted = ew.predicted_size_bytes(MODEL, ew.make_config(4, ["head"]))
-    assert predicted == float_bytes - vocab * 64 * 4 + vocab * 64 // 2 + vocab * 4
-    # attention + ffn: 2 layers x 12 x 64 x 64 = 98,304 weights; in groups of 32 at 4 bits
-    # they take 98,304 / 2 bytes of codes + (98,304 / 32) * 4 bytes of scales
-    predicted = ew.predicted_size_bytes(MODEL, ew.make_config(4, granularity="group",
-                                                              group_size=32))
-    assert predicted == float_bytes - 98_304 * 4 + 98_304 // 2 + 98_304 // 32 * 4
-
-
-def test_converted_weight_bytes_hand_computed():
-    # int8 per channel: each 64-wide row of 256 bytes becomes 64 codes + one 4-byte scale
-    float_bytes, quantized_bytes = ew.converted_weight_bytes(MODEL, ew.make_config(8))
-    assert float_bytes == 98_304 * 4
-    rows = 2 * (4 * 64 + 256 + 64)  # 2 layers: q, k, v, out (64 rows), fc_in 256, fc_out 64
-    assert quantized_bytes == 98_304 + 4 * rows
-
-
-def test_size_table_lists_the_sweep_sizes():
-    s = sweep()
-    text = ew.size_table(s, {"attention + ffn": ("attention", "ffn"), "head": ("head",)},
-                         bits=(8, 2))
-    lines = text.splitlines()
-    assert len(lines) == 2 + 4 and lines[1].startswith("none (float32)")
-    measured, calculated = s.size(ew.make_config(2, ["head"]))
-    ratio = size_bytes(MODEL) / measured
-    assert lines[-1].split() == ["head", "2", f"{measured:,}", f"{calculated:,}",
-                                 f"{measured - calculated:,}", f"{ratio:.2f}x"]
-
-
-@settings(max_examples=10, deadline=None)
-@given(bits=st.integers(2, 8), scheme=st.sampled_from(["symmetric", "asymmetric"]),
-       granularity=st.sampled_from([("tensor", None), ("channel", None), ("group", 32)]),
-       targets=st.sets(st.sampled_from(GROUPS), min_size=1))
-def test_predicted_size_equals_the_real_state_dict(bits, scheme, granularity, targets):
-    config = WeightOnlyConfig(bits=bits, scheme=scheme, granularity=granularity[0],
-                              group_size=granularity[1], targets=tuple(sorted(targets)))
-    quantized, _ = quantize_weights(MODEL, config)
-    predicted = ew.predicted_size_bytes(MODEL, config)
-    assert predicted == ew.state_dict_nbytes(quantized)
-    # names, pickle and zip headers, 64-byte alignment: a few hundred bytes per tensor
-    overhead = size_bytes(quantized) - predicted
-    assert 0 < overhead < 600 * len(quantized.state_dict()) + 2000
-
-
-def test_measure_caches_and_records_measured_and_predicted_sizes():
+def test_size_rows_against_torch_save_and_tensor_bytes():
+    sets = {"attention + ffn": ("attention", "ffn"), "head": ("head",)}
     calls = []
-
-    def evaluate(model):
-        calls.append(model)
-        return gpt.perplexity(model, IDS, 16)
-
-    s = ew.WeightSweep(MODEL, evaluate)
-    config = ew.make_config(3, GROUPS)
-    sizes = s.size(config)
+    s = sweep(lambda m: calls.append(m) or 1.0)
+    rows = ew.size_rows(s, sets, bits=(8, 2))
     assert not calls  # sizes need no evaluation
-    first = s.measure(config)
-    assert (first.size_bytes, first.predicted_size_bytes) == sizes == s.size(config)
-    assert s.measure(config) is first and len(calls) == 1
-    reference, _ = quantize_weights(MODEL, config)
-    assert first.size_bytes == size_bytes(reference)
-    assert first.predicted_size_bytes == ew.state_dict_nbytes(reference)
-    assert first.quality["perplexity"] == pytest.approx(
-        gpt.perplexity(reference, IDS, 16)["perplexity"], rel=1e-6)
-    ref = s.reference()
-    assert ref.config is None and ref.size_bytes == size_bytes(MODEL) and len(calls) == 2
-    assert s.run([config, ew.make_config(8)])[0] is first and len(calls) == 3
+    assert [(r["label"], r["bits"]) for r in rows] == [
+        ("none (float32)", 32), ("attention + ffn", 8), ("attention + ffn", 2), ("head", 8),
+        ("head", 2)]
+    float_bytes = size_bytes(MODEL)
+    assert rows[0]["size_bytes"] == float_bytes and rows[0]["config"] is None
+    assert rows[0]["predicted_size_bytes"] == tensor_bytes(MODEL)
+    for row in rows[1:]:
+        reference, _ = quantize_weight_only(MODEL, row["config"])
+        assert row["size_bytes"] == size_bytes(reference)
+        assert row["predicted_size_bytes"] == tensor_bytes(reference)
+        assert row["header_bytes"] == row["size_bytes"] - row["predicted_size_bytes"] > 0
+        assert row["smaller"] == pytest.approx(float_bytes / size_bytes(reference))
+        assert row["size_bytes"] == ew.record(s, row["config"]).size_bytes  # as its record
+    # lm_head: Linear(64, vocab) at 2 bits per channel: vocab * 64 / 4 code bytes + vocab scales
+    vocab = TOKENIZER.vocab_size
+    assert rows[-1]["predicted_size_bytes"] == (tensor_bytes(MODEL) - vocab * 64 * 4
+                                                + vocab * 64 // 4 + vocab * 4)
 
 
-def test_sweep_errors():
-    with pytest.raises(TypeError, match=r"evaluate is a int: expected a callable"):
-        ew.WeightSweep(MODEL, 3)
-    with pytest.raises(TypeError, match=r"config is a int: expected a WeightOnlyConfig"):
-        sweep().quantized(4)
+def test_size_table_renders_the_rows():
+    rows = ew.size_rows(sweep(), {"head": ("head",)}, bits=(4,))
+    table = ew.size_table(rows)
+    assert table.headers == ("groups quantized", "bits", "measured (bytes)",
+                             "calculated (bytes)", "headers (bytes)", "smaller")
+    head = rows[1]
+    assert table.cells[1] == ("head", "4", f"{head['size_bytes']:,}",
+                              f"{head['predicted_size_bytes']:,}", f"{head['header_bytes']:,}",
+                              f"{head['smaller']:.2f}x")
+    assert "<table" in table._repr_html_()
 
 
-# ------------------------------------------------------------------ quality functions
+def test_bits_table_one_column_per_bit_width():
+    table = ew.bits_table({"a": [1.0, 2.0], "b": {2: 0.12345}}, bits=(8, 2), digits=2,
+                          header="set", caption="c")
+    assert table.headers == ("set", "8 bits", "2 bits") and table.caption == "c"
+    assert table.cells == (("a", "1.00", "2.00"), ("b", "", "0.12"))
+    with pytest.raises(ValueError, match=r"values\['a'\] holds 1 values for bits=\(8, 2\)"):
+        ew.bits_table({"a": [1.0]}, bits=(8, 2))
+
+
+# ------------------------------------------------------------------ quality
 
 
 def test_gpt_quality_uses_the_first_windows():
-    full = ew.gpt_quality(IDS, 16)(MODEL)["perplexity"]
-    assert full == pytest.approx(gpt.perplexity(MODEL, IDS, 16)["perplexity"])
+    assert ew.gpt_quality(IDS, 16)(MODEL) == pytest.approx(perplexity(MODEL))
     subset = ew.gpt_quality(IDS, 16, n_windows=3)(MODEL)
-    assert subset["perplexity"] == pytest.approx(
-        gpt.perplexity(MODEL, IDS[:49], 16)["perplexity"])
-    with pytest.raises(ValueError, match=r"n_windows=0: expected a positive integer"):
-        ew.gpt_quality(IDS, 16, n_windows=0)
-
-
-def test_minilm_quality_passes_the_reference_and_keeps_the_scores(monkeypatch):
-    import quantbook.evaluate
-
-    seen = {}
-
-    def fake(model, tokenizer, reference=None):
-        seen.update(model=model, tokenizer=tokenizer, reference=reference)
-        return {"pearson": 0.5, "spearman": 0.4, "n_pairs": 1225, "embeddings": None,
-                "cosine_mean": 0.9, "cosine_min": 0.8}
-
-    monkeypatch.setattr(quantbook.evaluate, "evaluate_minilm", fake)
-    reference = torch.ones(50, 384)
-    result = ew.minilm_quality("tok", reference)("model")
-    assert result == {"pearson": 0.5, "spearman": 0.4, "cosine_mean": 0.9, "cosine_min": 0.8}
-    assert seen["reference"] is reference and seen["tokenizer"] == "tok"
+    assert subset == pytest.approx(gpt.perplexity(MODEL, IDS[:49], 16)["perplexity"])
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=rf"n_windows={bad!r}: expected a positive integer"):
+            ew.gpt_quality(IDS, 16, n_windows=bad)
 
 
 # ------------------------------------------------------------------ figures
@@ -234,28 +221,34 @@ def test_plot_group_bars_heights():
 # ------------------------------------------------------------------ views and explorers
 
 
+def _record(method, size, value):
+    return BenchRecord(model="tiny", method=method, family="f", metric="perplexity",
+                       value=value, float_value=2.0, size_bytes=size, size_ratio=size / 4000)
+
+
 def test_view_html_escapes_the_sample_and_states_the_ratio():
-    ref = ew.Measurement(None, 4000, 3990, {"perplexity": 2.0})
-    m = ew.Measurement(ew.make_config(4), 1000, 990, {"perplexity": 2.5})
-    text = ew.view_html(m, ref, "a <b> & c", "ppl")
-    assert "int4 per channel, attention + ffn" in text and "4.00x smaller" in text
+    ref = _record("float32", 4000, 2.0)
+    text = ew.view_html(_record("int4 <x>", 1000, 2.5), ref, "a <b> & c", "ppl")
+    assert "<b>int4 &lt;x&gt;</b>" in text and "4.00x smaller" in text
     assert "a &lt;b&gt; &amp; c" in text and "ppl 2.500 (float 2.000)" in text
 
 
 def test_explorer_follows_every_control():
-    s = sweep(cache_weights=True)
+    s = sweep()
     box = ew.explorer(s, TOKENIZER, "ppl", prompt="the ", n_chars=12)
     bits, groups, granularity, view = box.children
     label, *group_buttons = groups.children
     assert label.value == "groups" and [b.description for b in group_buttons] == list(GROUPS)
     assert [b.value for b in group_buttons] == [True, True, False, False]
-    assert box.measurement.config == ew.make_config(4)
+    assert box.record.method == "int4 per channel, attention + ffn"
+    assert box.record.value == pytest.approx(
+        perplexity(quantize_weight_only(MODEL, WeightOnlyConfig(bits=4))[0]), rel=1e-6)
     bits.value = 3
     group_buttons[GROUPS.index("head")].value = True
     granularity.value = 2  # group 32
     config = ew.make_config(3, ("attention", "ffn", "head"), "group", 32)
-    assert box.measurement is s.measure(config)
-    reference, _ = quantize_weights(MODEL, config)
+    assert box.record is ew.record(s, config)
+    reference, _ = quantize_weight_only(MODEL, config)
     expected = gpt.sample(reference, TOKENIZER, "the ", 12, seed=0)
     assert box.samples[config] == expected and html.escape(expected) in view.value
     for button in group_buttons:
@@ -269,5 +262,9 @@ def test_static_explorer_has_one_view_per_bit_width():
     slider, stack = box.children
     assert list(slider.options) == ["8 bits", "2 bits"]
     assert all(isinstance(v, widgets.HTML) for v in stack.children)
-    assert "int2 per channel" in stack.children[1].value
-    assert isinstance(s.quantized(ew.make_config(2)).blocks[0].attn.q_proj, PackedLinear)
+    assert [r.method for r in box.records] == ["int8 per channel, attention + ffn",
+                                               "int2 per channel, attention + ffn"]
+    reference, _ = quantize_weight_only(MODEL, WeightOnlyConfig(bits=2))
+    sample = gpt.sample(reference, TOKENIZER, "the ", 8, seed=0)
+    assert html.escape(sample) in stack.children[1].value
+    assert f"ppl {perplexity(reference):.3f}" in stack.children[1].value

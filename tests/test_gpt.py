@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from quantbook import gpt
 from quantbook.data import lee_split
-from quantbook.gpt import GPT, CharTokenizer, GPTConfig
+from quantbook.gpt import GPT, GPTConfig
+from quantbook.tokenizer import CharTokenizer
 
 TINY = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
 

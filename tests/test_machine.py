@@ -1,4 +1,5 @@
 import importlib.metadata
+import pathlib
 import platform
 import re
 import subprocess
@@ -41,6 +42,30 @@ def test_cpu_features_x86():
     }
     features = cpu_features(X86_VNNI_CPUINFO)
     assert features["avx512_vnni"] and features["avx_vnni"] and not features["amx_int8"]
+
+
+def test_int8_dot_product_from_flags():
+    assert machine.has_int8_dot_product(X86_CPUINFO)  # avx512vnni and amx_int8
+    assert machine.has_int8_dot_product(X86_VNNI_CPUINFO)
+    assert machine.has_int8_dot_product(ARM_CPUINFO)  # asimddp
+    avx2_only = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert not machine.has_int8_dot_product(avx2_only)
+
+
+def test_int8_dot_product_off_when_fbgemm_is_capped_at_avx2(monkeypatch):
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "avx2")
+    assert not machine.has_int8_dot_product(X86_CPUINFO)  # the kernels will not use VNNI
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX512_E1")
+    assert machine.has_int8_dot_product(X86_CPUINFO)
+
+
+def test_makefile_runs_the_notebooks_under_the_reproducible_settings():
+    makefile = (pathlib.Path(__file__).parents[1] / "Makefile").read_text()
+    line = next(x for x in makefile.splitlines() if x.startswith("REPRODUCE :="))
+    assert dict(kv.split("=") for kv in line.split(":=")[1].split()) == machine.REPRODUCIBLE
+    for target in ("nbval:", "notebooks:"):
+        recipe = makefile.split("\n" + target)[1].split("\n\n")[0]
+        assert "$(REPRODUCE)" in recipe, target
 
 
 def test_cpu_features_arm():

@@ -1,3 +1,5 @@
+"""Tests for quantbook.measure against torch.save byte counts and a fake clock."""
+
 import dataclasses
 
 import numpy as np
@@ -7,7 +9,14 @@ from torch import nn
 
 from quantbook import measure
 from quantbook.machine import cpu_model
-from quantbook.measure import Timing, compare_latency, size_bytes, speedup, time_fn
+from quantbook.measure import (
+    Timing,
+    compare_latency,
+    size_bytes,
+    speedup,
+    tensor_bytes,
+    time_fn,
+)
 
 AO_DEPRECATED = "ignore:torch.ao.quantization is deprecated:DeprecationWarning"
 QTENSOR_DEPRECATED = (
@@ -43,6 +52,42 @@ def test_dynamic_quantized_linear_hides_its_weights_from_parameters():
 def test_size_bytes_rejects_a_state_dict():
     with pytest.raises(TypeError, match=r"model is a OrderedDict: expected a torch.nn.Module"):
         size_bytes(nn.Linear(2, 2).state_dict())
+    with pytest.raises(TypeError, match=r"model is a OrderedDict: expected a torch.nn.Module"):
+        tensor_bytes(nn.Linear(2, 2).state_dict())
+
+
+def test_size_of_some_modules_is_the_file_of_their_state_dicts():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    one = size_bytes(model, ["0"])
+    assert 4 * (64 * 64 + 64) < one < 4 * (64 * 64 + 64) + 4096
+    both = size_bytes(model, ["0", "2"])
+    assert both - one == pytest.approx(4 * (64 * 8 + 8), abs=1024)  # one more layer's data
+    assert size_bytes(model, []) < 2048  # an empty file still has its headers
+    assert size_bytes(model, iter(["0"])) == one  # any iterable of names
+
+
+def test_tensor_bytes_counts_the_data_of_the_state_dict():
+    model = nn.Sequential(nn.Linear(10, 4), nn.BatchNorm1d(4))
+    # Linear: 44 float32; BatchNorm: weight, bias, running mean and var (16 float32) and an
+    # int64 counter of batches
+    assert tensor_bytes(model) == 4 * (44 + 16) + 8
+    assert tensor_bytes(nn.Linear(10, 4).half()) == 2 * 44
+    assert size_bytes(model) > tensor_bytes(model)  # the file adds names and headers
+
+
+@pytest.mark.parametrize("measure_fn", [size_bytes, tensor_bytes])
+def test_a_meta_model_has_no_size(measure_fn):
+    with pytest.raises(ValueError, match=r"model has tensors on the meta device, which hold no "
+                                         r"data, so it has no size to measure: load its weights "
+                                         r"first"):
+        measure_fn(nn.Linear(4, 4).to("meta"))
+
+
+def test_one_module_name_as_a_string():
+    model = nn.ModuleDict({"head": nn.Linear(64, 64)})
+    with pytest.raises(TypeError, match=r"modules='head' is a single string: pass a list"):
+        size_bytes(model, "head")
 
 
 def test_compare_latency_alternates_and_excludes_warmup():

@@ -1,4 +1,4 @@
-"""Tests for quantbook.packing against numpy.packbits and hand-computed bytes."""
+"""Tests for quantbook.packing against numpy.packbits, hand-computed bytes and packed modules."""
 
 import math
 
@@ -7,9 +7,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from quantbook.affine import QuantSpec, dequantize, fake_quantize, quantize_tensor
-from quantbook.packing import from_unsigned, pack, packed_nbytes, to_unsigned, unpack
+from quantbook.methods.packed import PackedEmbedding, PackedLinear
+from quantbook.packing import (
+    from_unsigned,
+    pack,
+    packed_bytes,
+    storage_bytes,
+    to_unsigned,
+    unpack,
+)
 
 
 def reference_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -35,7 +44,7 @@ def test_pack_unpack_identity_and_size(bits, numel, seed):
     codes = torch.randint(0, 2**bits, (numel,), generator=gen, dtype=torch.int32)
     packed = pack(codes, bits)
     assert packed.dtype == torch.uint8 and packed.ndim == 1
-    assert packed.numel() == packed_nbytes(numel, bits) == math.ceil(numel * bits / 8)
+    assert packed.numel() == packed_bytes(numel, bits) == math.ceil(numel * bits / 8)
     assert torch.equal(packed, reference_pack(codes, bits))
     unpacked = unpack(packed, bits, numel)
     assert unpacked.dtype == torch.int32 and torch.equal(unpacked, codes)
@@ -93,6 +102,60 @@ def test_errors():
     with pytest.raises(TypeError, match=r"packed must be a uint8 tensor, got torch\.int32"):
         unpack(torch.zeros(3, dtype=torch.int32), 3, 8)
     with pytest.raises(ValueError, match=r"numel=-1 must be a non-negative int"):
-        packed_nbytes(-1, 4)
+        packed_bytes(-1, 4)
     with pytest.raises(ValueError, match=r"scheme='signed' is unknown"):
         to_unsigned(torch.tensor([0]), 4, "signed")
+
+
+def test_packed_bytes_hand_computed():
+    assert packed_bytes(0, 4) == 0
+    assert packed_bytes(1, 2) == 1  # a quarter of a byte still takes one
+    assert packed_bytes(8, 3) == 3
+    assert packed_bytes(9, 3) == 4  # 27 bits
+    assert packed_bytes(786_432, 4) == 393_216
+    for bad in (1.5, -1, True):
+        with pytest.raises(ValueError, match=r"numel=.* must be a non-negative int"):
+            packed_bytes(bad, 4)
+    with pytest.raises(ValueError, match=r"bits=9 is not supported"):
+        packed_bytes(8, 9)
+
+
+@pytest.mark.parametrize("shape, spec, expected", [
+    # the docstring's example: 128 bytes of 4-bit codes + 4 float32 scales
+    ((4, 64), QuantSpec(bits=4, scheme="symmetric", granularity="channel"), 128 + 4 * 4),
+    ((4, 64), QuantSpec(bits=4, scheme="asymmetric", granularity="channel"), 128 + 4 * 5),
+    ((4, 64), QuantSpec(bits=8, scheme="symmetric", granularity="tensor"), 256 + 4),
+    ((4, 64), QuantSpec(bits=3, scheme="symmetric", granularity="group", group_size=16),
+     96 + 16 * 4),
+    ((4, 64), QuantSpec(bits=2, scheme="asymmetric", granularity="group", group_size=32),
+     64 + 8 * 5),
+    ((6, 5), QuantSpec(bits=3, scheme="symmetric", granularity="channel", axis=1),
+     12 + 5 * 4),  # 90 bits -> 12 bytes; channels along axis 1
+    ((3, 5), QuantSpec(bits=3, scheme="asymmetric", granularity="tensor"), 6 + 5),  # 45 bits
+    # the book's GPT, attention and FFN at 4 bits per channel (the predicted_size_bytes example)
+    ((128, 128), QuantSpec(bits=4, scheme="symmetric", granularity="channel"), 8192 + 512),
+])
+def test_storage_bytes_hand_computed(shape, spec, expected):
+    assert storage_bytes(shape, spec) == expected
+
+
+@pytest.mark.parametrize("spec", [
+    QuantSpec(bits=4, scheme="symmetric", granularity="channel"),
+    QuantSpec(bits=3, scheme="asymmetric", granularity="group", group_size=8),
+    QuantSpec(bits=8, scheme="asymmetric", granularity="tensor"),
+    QuantSpec(bits=2, scheme="symmetric", granularity="group", group_size=24),
+])
+def test_storage_bytes_is_what_packed_modules_store(spec):
+    torch.manual_seed(0)
+    layer = PackedLinear.from_linear(nn.Linear(48, 20, bias=False), spec)
+    table = PackedEmbedding.from_embedding(nn.Embedding(30, 24), spec)
+    for module, shape in ((layer, (20, 48)), (table, (30, 24))):
+        stored = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        assert storage_bytes(shape, spec) == stored
+
+
+def test_storage_bytes_refuses_groups_that_do_not_divide_the_row():
+    spec = QuantSpec(bits=4, scheme="symmetric", granularity="group", group_size=16)
+    with pytest.raises(ValueError, match=r"group_size=16 does not divide the last dim of shape "
+                                         r"\(4, 30\) \(30\): choose a divisor of 30"):
+        storage_bytes((4, 30), spec)

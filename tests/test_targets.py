@@ -1,9 +1,19 @@
+"""Tests for quantbook.targets against module names written out by hand."""
+
 import pytest
 import torch
 from torch import nn
 
 from quantbook.gpt import GPT, GPTConfig
-from quantbook.targets import GROUPS, list_targets, model_family, resolve_targets
+from quantbook.methods import PackedLinear, WeightOnlyConfig, quantize_weight_only
+from quantbook.targets import (
+    GROUP_TYPES,
+    GROUPS,
+    check_groups,
+    list_targets,
+    model_family,
+    resolve_targets,
+)
 
 AO_DEPRECATED = "ignore:torch.ao.quantization is deprecated:DeprecationWarning"
 QTENSOR_DEPRECATED = (
@@ -64,11 +74,12 @@ def test_bert_targets_by_hand(add_pooling_layer):
 
 
 def test_every_target_is_a_module_of_the_right_type():
+    assert GROUP_TYPES == {"attention": nn.Linear, "ffn": nn.Linear, "embeddings": nn.Embedding,
+                           "head": nn.Linear}
     for model in (tiny_gpt(), tiny_bert()):
         modules = dict(model.named_modules())
         for group, names in list_targets(model).items():
-            kind = nn.Embedding if group == "embeddings" else nn.Linear
-            assert all(isinstance(modules[name], kind) for name in names)
+            assert all(type(modules[name]) is GROUP_TYPES[group] for name in names)
     assert tuple(list_targets(tiny_gpt())) == GROUPS
 
 
@@ -98,7 +109,7 @@ def test_group_errors():
         resolve_targets(model, [])
     with pytest.raises(TypeError, match=r"groups=\['ffn', 3\] holds a int: expected group names"):
         resolve_targets(model, ["ffn", 3])
-    with pytest.raises(TypeError, match=r"groups=3 is not supported: pass a list of group names"):
+    with pytest.raises(TypeError, match=r"groups=3 is not supported: pass a tuple of group names"):
         resolve_targets(model, 3)
 
 
@@ -111,12 +122,21 @@ def test_minilm_has_no_head():
 
 @pytest.mark.filterwarnings(AO_DEPRECATED)
 @pytest.mark.filterwarnings(QTENSOR_DEPRECATED)
-def test_already_quantized_linears_are_reported():
+def test_members_are_matched_by_name_whatever_their_type():
+    # a quantized copy lists its quantized modules in their places, so that the methods can
+    # tell "already quantized" from "absent"
     quantized = torch.ao.quantization.quantize_dynamic(tiny_gpt(), {nn.Linear}, dtype=torch.qint8)
-    with pytest.raises(ValueError, match=r"group 'ffn' matches no module of this model: no "
-                                         r"Linear of this GPT .*already quantized\?\); choose "
-                                         r"from embeddings"):
-        resolve_targets(quantized, "ffn")
+    assert list_targets(quantized) == GPT_TARGETS
+    assert type(quantized.get_submodule(GPT_TARGETS["ffn"][0])) is not nn.Linear
+    packed, _ = quantize_weight_only(tiny_gpt(), WeightOnlyConfig(targets=("ffn",)))
+    assert resolve_targets(packed, "ffn") == {"ffn": GPT_TARGETS["ffn"]}
+    assert all(type(packed.get_submodule(n)) is PackedLinear for n in GPT_TARGETS["ffn"])
+
+
+def test_check_groups_validates_and_normalizes():
+    assert check_groups("ffn") == ["ffn"]
+    assert check_groups(("head", "ffn", "head")) == ["head", "ffn"]
+    assert check_groups(iter(["attention"])) == ["attention"]
 
 
 def test_unsupported_models():

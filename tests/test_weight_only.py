@@ -1,39 +1,27 @@
-"""Tests for quantbook.methods.weight_only against affine.fake_quantize and PyTorch's kernels."""
+"""Tests for quantbook.methods.weight_only against affine.fake_quantize and hand-counted bytes."""
 
 import copy
-import io
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from quantbook import affine
 from quantbook.gpt import GPT, GPTConfig
-from quantbook.measure import size_bytes
+from quantbook.measure import tensor_bytes
+from quantbook.methods.dynamic import DynamicConfig
+from quantbook.methods.packed import PackedEmbedding, PackedLinear
 from quantbook.methods.weight_only import (
-    PackedEmbedding,
-    PackedLinear,
     WeightOnlyConfig,
-    quantize_weights,
+    converted_weight_bytes,
+    predicted_size_bytes,
+    quantize_weight_only,
 )
 from quantbook.targets import resolve_targets
 
-SCHEMES = ("symmetric", "asymmetric")
 ALL_GROUPS = ("attention", "ffn", "embeddings", "head")
-
-
-def spec_of(bits, scheme="symmetric", granularity="channel", group_size=None):
-    return affine.QuantSpec(bits=bits, scheme=scheme, granularity=granularity, axis=0,
-                            group_size=group_size)
-
-
-def linear(in_features, out_features, seed=0, bias=True):
-    torch.manual_seed(seed)
-    return nn.Linear(in_features, out_features, bias=bias)
 
 
 def reference_weight(weight, spec):
@@ -48,184 +36,65 @@ def tiny_gpt(seed=0, **overrides):
     return GPT(GPTConfig(**settings_)).eval()
 
 
-# ------------------------------------------------------------------ PackedLinear
+# ------------------------------------------------------------------ the config
 
 
-@pytest.mark.parametrize("bits", range(2, 9))
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("granularity, group_size", [("tensor", None), ("channel", None),
-                                                     ("group", 16)])
-def test_packed_linear_matches_fake_quantized_linear(bits, scheme, granularity, group_size):
-    layer = linear(48, 24, seed=bits)
-    spec = spec_of(bits, scheme, granularity, group_size)
-    packed = PackedLinear.from_linear(layer, spec)
-    x = torch.randn(5, 48)
-    expected = F.linear(x, reference_weight(layer.weight, spec), layer.bias)
-    assert torch.equal(packed.weight, reference_weight(layer.weight, spec))
-    torch.testing.assert_close(packed(x), expected, rtol=0, atol=1e-6)
-    assert packed.packed.numel() == -(-48 * 24 * bits // 8)  # ceil: bits per weight, no more
-
-
-@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("bits", range(2, 9))
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_packed_weight_matches_pytorch_observer_and_fake_quantize(bits, scheme):
-    from torch.ao.quantization import PerChannelMinMaxObserver
-
-    layer = linear(64, 32, seed=10 + bits)
-    qmin, qmax = affine.qrange(bits, scheme)
-    dtype, qscheme = ((torch.qint8, torch.per_channel_symmetric) if scheme == "symmetric"
-                      else (torch.quint8, torch.per_channel_affine))
-    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=dtype, qscheme=qscheme,
-                                        quant_min=qmin, quant_max=qmax)
-    observer(layer.weight.detach())
-    scale, zero_point = observer.calculate_qparams()
-    expected = torch.fake_quantize_per_channel_affine(
-        layer.weight.detach(), scale, zero_point.int(), 0, qmin, qmax)
-    packed = PackedLinear.from_linear(layer, spec_of(bits, scheme))
-    assert torch.equal(packed.weight, expected)
-
-
-@settings(max_examples=30, deadline=None)
-@given(bits=st.integers(2, 8), scheme=st.sampled_from(SCHEMES), rows=st.integers(1, 9),
-       groups=st.integers(1, 4), group_size=st.sampled_from([1, 3, 8]),
-       granularity=st.sampled_from(["tensor", "channel", "group"]), seed=st.integers(0, 99))
-def test_packed_linear_any_shape(bits, scheme, rows, groups, group_size, granularity, seed):
-    cols = groups * group_size  # odd sizes: the bitstream need not end on a byte boundary
-    layer = linear(cols, rows, seed=seed, bias=False)
-    spec = spec_of(bits, scheme, granularity, group_size if granularity == "group" else None)
-    packed = PackedLinear.from_linear(layer, spec)
-    assert torch.equal(packed.weight, reference_weight(layer.weight, spec))
-    assert packed.bias is None
-
-
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_state_dict_holds_exactly_the_packed_bytes_and_round_trips(scheme):
-    layer = linear(64, 16)
-    spec = spec_of(3, scheme, "group", 16)
-    packed = PackedLinear.from_linear(layer, spec)
-    state = packed.state_dict()
-    expected = {"packed": (torch.uint8, (64 * 16 * 3 // 8,)), "scale": (torch.float32, (16, 4)),
-                "bias": (torch.float32, (16,))}
-    if scheme == "asymmetric":
-        expected["zero_point"] = (torch.uint8, (16, 4))
-    assert {k: (v.dtype, tuple(v.shape)) for k, v in state.items()} == expected
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    fresh = PackedLinear(64, 16, spec, bias=True)
-    fresh.load_state_dict(torch.load(buffer))
-    x = torch.randn(3, 64)
-    assert torch.equal(fresh(x), packed(x))
-
-
-def test_cache_weight_is_opt_in_not_saved_and_reset_by_load():
-    layer = linear(32, 8)
-    spec = spec_of(4)
-    cached = PackedLinear.from_linear(layer, spec, cache_weight=True)
-    plain = PackedLinear.from_linear(layer, spec)
-    x = torch.randn(2, 32)
-    assert torch.equal(cached(x), plain(x))
-    assert cached._cached_weight is not None and plain._cached_weight is None
-    assert set(cached.state_dict()) == {"packed", "scale", "bias"}
-    other = PackedLinear.from_linear(linear(32, 8, seed=1), spec)
-    cached.load_state_dict(other.state_dict())
-    assert torch.equal(cached(x), other(x))  # not the stale cache
-
-
-def test_constructor_checks_the_spec_against_the_shape():
-    with pytest.raises(ValueError, match="group_size=16 does not divide the 30 inputs of each row"):
-        PackedLinear(30, 8, spec_of(4, "symmetric", "group", 16))
-    spec = affine.QuantSpec(bits=4, scheme="symmetric", granularity="channel", axis=1)
-    with pytest.raises(ValueError, match="axis=1 is not supported: packed weights use axis=0"):
-        PackedLinear(32, 8, spec)
-
-
-def test_extra_repr_shows_the_settings():
-    packed = PackedLinear.from_linear(linear(32, 8), spec_of(4, "asymmetric", "group", 16))
-    assert repr(packed) == (
-        "PackedLinear(in_features=32, out_features=8, bias=True, bits=4, scheme=asymmetric, "
-        "granularity=group, group_size=16)"
-    )
-
-
-@pytest.mark.parametrize("bits", range(2, 9))
-def test_size_reflects_bits(bits):
-    layer = linear(384, 1536)
-    weight_bytes = 384 * 1536 * 4
-    packed = PackedLinear.from_linear(layer, spec_of(bits))
-    side_bytes = 1536 * 4 + 1536 * 4  # float32 scale per channel + float32 bias
-    overhead = size_bytes(packed) - (384 * 1536 * bits // 8 + side_bytes)
-    assert 0 < overhead < 4000  # zip records, names and pickle metadata of three tensors
-    ratio = (size_bytes(packed) - side_bytes) / weight_bytes
-    assert ratio == pytest.approx(bits / 32, abs=0.002)
-    if bits == 4:  # the whole quantized layer, scales and bias included
-        assert size_bytes(packed) <= 0.16 * weight_bytes
-
-
-def test_group32_scales_cost_one_bit_per_weight():
-    layer = linear(384, 1536)
-    packed = PackedLinear.from_linear(layer, spec_of(4, "symmetric", "group", 32))
-    expected = 384 * 1536 // 2 + 1536 * 12 * 4 + 1536 * 4  # codes + scales + bias
-    assert 0 < size_bytes(packed) - expected < 4000
-    assert size_bytes(packed) / (384 * 1536 * 4) == pytest.approx(5 / 32 + 1 / 384, abs=0.002)
-
-
-# ------------------------------------------------------------------ PackedEmbedding
-
-
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("granularity, group_size, dim", [
-    ("channel", None, 24), ("group", 8, 24), ("tensor", None, 24),
-    ("channel", None, 5),  # 5 * bits is not a whole number of bytes: the table path
+@pytest.mark.parametrize("kwargs, label", [
+    (dict(), "weight-only int4 per-channel"),
+    (dict(bits=8, granularity="tensor"), "weight-only int8 per-tensor"),
+    (dict(bits=4, granularity="group", group_size=32), "weight-only int4 group32"),
+    (dict(bits=3, scheme="asymmetric"), "weight-only int3 per-channel asymmetric"),
 ])
-def test_packed_embedding_matches_fake_quantized_table(bits, scheme, granularity, group_size,
-                                                       dim):
-    torch.manual_seed(bits)
-    table = nn.Embedding(30, dim, padding_idx=0)
-    spec = spec_of(bits, scheme, granularity, group_size)
-    packed = PackedEmbedding.from_embedding(table, spec)
-    indices = torch.tensor([[0, 7, 29, 7], [3, 3, 1, 28]])
-    expected = F.embedding(indices, reference_weight(table.weight, spec))
-    assert torch.equal(packed(indices), expected)
-    assert packed.padding_idx == 0 and packed(indices).shape == (2, 4, dim)
+def test_labels(kwargs, label):
+    config = WeightOnlyConfig(**kwargs)
+    assert config.label == label and config.family == "weight-only (quantbook)"
+    assert config.spec() == affine.QuantSpec(bits=config.bits, scheme=config.scheme,
+                                             granularity=config.granularity, axis=0,
+                                             group_size=config.group_size)
 
 
-def test_packed_embedding_rejects_out_of_range_indices_like_nn_embedding():
-    packed = PackedEmbedding.from_embedding(nn.Embedding(4, 8), spec_of(4))
-    for bad in ([4], [-1]):
-        with pytest.raises(IndexError, match=r"indices range over .* outside this table's 0..3"):
-            packed(torch.tensor(bad))
-    assert packed(torch.zeros(0, dtype=torch.long)).shape == (0, 8)
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(bits=1), ValueError, r"bits=1 is not supported: choose 2\.\.8"),
+    (dict(bits=9), ValueError, r"bits=9 is not supported: choose 2\.\.8"),
+    (dict(bits=True), TypeError, r"bits=True must be an int"),
+    (dict(bits=4.0), TypeError, r"bits=4\.0 must be an int"),
+    (dict(scheme="sym"), ValueError, r"scheme='sym' is unknown"),
+    (dict(granularity="row"), ValueError, r"granularity='row' is unknown"),
+    (dict(granularity="group"), ValueError, r"group_size=None is invalid for granularity='group'"),
+    (dict(granularity="group", group_size=0), ValueError, r"group_size=0 is invalid"),
+    (dict(group_size=32), ValueError, r"group_size=32 is only used with granularity='group'"),
+    (dict(range_method="max"), ValueError, r"range_method='max' is unknown"),
+    (dict(targets=("mlp",)), ValueError, r"names an unknown group 'mlp': choose from attention"),
+    (dict(targets=()), ValueError, r"is empty: choose at least one of attention"),
+])
+def test_bad_config_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        WeightOnlyConfig(**kwargs)
 
 
-def test_packed_embedding_rejects_max_norm():
-    with pytest.raises(ValueError, match="max_norm=1.0 renormalizes the table"):
-        PackedEmbedding.from_embedding(nn.Embedding(4, 8, max_norm=1.0), spec_of(4))
+def test_config_normalizes_targets_and_rejects_other_configs():
+    assert WeightOnlyConfig(targets="ffn").targets == ("ffn",)
+    assert WeightOnlyConfig(targets=["ffn", "head"]).targets == ("ffn", "head")
+    with pytest.raises(TypeError, match="config is a dict: expected a WeightOnlyConfig"):
+        quantize_weight_only(tiny_gpt(), {"bits": 4})
+    with pytest.raises(TypeError, match="config is a DynamicConfig: expected a WeightOnlyConfig"):
+        quantize_weight_only(tiny_gpt(), DynamicConfig())
 
 
-def test_from_constructors_reject_other_modules():
-    with pytest.raises(TypeError, match="linear is a Embedding: expected nn.Linear"):
-        PackedLinear.from_linear(nn.Embedding(4, 8), spec_of(4))
-    with pytest.raises(TypeError, match="embedding is a Linear: expected nn.Embedding"):
-        PackedEmbedding.from_embedding(nn.Linear(4, 8), spec_of(4))
-
-
-# ------------------------------------------------------------------ quantize_weights
+# ------------------------------------------------------------------ quantize_weight_only
 
 
 @pytest.mark.parametrize("targets", [("attention", "ffn"), ALL_GROUPS, ("head",)])
-def test_quantize_weights_converts_exactly_the_targets_of_a_copy(targets):
+def test_converts_exactly_the_targets_of_a_copy(targets):
     model = tiny_gpt()
     before = copy.deepcopy(model.state_dict())
-    quantized, report = quantize_weights(model, WeightOnlyConfig(bits=8, targets=targets))
+    quantized, report = quantize_weight_only(model, WeightOnlyConfig(bits=8, targets=targets))
 
     expected = [name for names in resolve_targets(model, targets).values() for name in names]
     assert report.converted == tuple(expected)
     assert report.skipped == ()
-    assert report.method == "weight-only int8 per-channel"
+    assert report.label == "weight-only int8 per-channel"
+    assert report.family == "weight-only (quantbook)"
     for name, module in quantized.named_modules():
         assert isinstance(module, PackedLinear | PackedEmbedding) == (name in expected)
         assert (name in report.float_modules) == (
@@ -242,7 +111,7 @@ def test_quantize_weights_converts_exactly_the_targets_of_a_copy(targets):
 def test_quantized_gpt_equals_the_gpt_with_fake_quantized_weights():
     model = tiny_gpt(seed=3)
     config = WeightOnlyConfig(bits=4, granularity="group", group_size=16, targets=ALL_GROUPS)
-    quantized, report = quantize_weights(model, config)
+    quantized, report = quantize_weight_only(model, config)
     reference = copy.deepcopy(model)
     with torch.no_grad():
         for name in report.converted:
@@ -255,11 +124,12 @@ def test_quantized_gpt_equals_the_gpt_with_fake_quantized_weights():
     assert sum(state[f"{name}.packed"].numel() for name in report.converted) == n_weights // 2
 
 
-def test_quantize_weights_on_minilm_attention():
+def test_quantize_weight_only_on_minilm_attention():
     from quantbook.minilm import load_minilm
 
     model, tokenizer = load_minilm()
-    quantized, report = quantize_weights(model, WeightOnlyConfig(bits=8, targets=("attention",)))
+    quantized, report = quantize_weight_only(model,
+                                             WeightOnlyConfig(bits=8, targets=("attention",)))
     assert report.converted == tuple(resolve_targets(model, ["attention"])["attention"])
     assert len(report.converted) == 24  # 6 layers x (query, key, value, output.dense)
     assert isinstance(quantized.encoder.layer[0].attention.self.query, PackedLinear)
@@ -271,51 +141,136 @@ def test_quantize_weights_on_minilm_attention():
     assert F.cosine_similarity(ours, theirs, dim=-1).min() > 0.999
 
 
-def test_quantizing_twice_or_a_missing_group_raises():
-    quantized, _ = quantize_weights(tiny_gpt(), WeightOnlyConfig(targets=("ffn",)))
-    with pytest.raises(ValueError, match="group 'ffn' matches no module.*already quantized"):
-        quantize_weights(quantized, WeightOnlyConfig(targets=("ffn",)))
+def test_modules_and_exclude_work_on_any_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4), nn.LayerNorm(4))
+    config = WeightOnlyConfig(bits=8, modules=("0", "2", "3"), exclude=("2",))
+    quantized, report = quantize_weight_only(model, config)
+    assert report.converted == ("0",)
+    assert report.skipped == (("2", "excluded: kept in float on request"),
+                              ("3", "a LayerNorm: weight-only int8 per-channel converts Linear "
+                                    "or Embedding"))
+    assert type(quantized[0]) is PackedLinear and type(quantized[2]) is nn.Linear
+    x = torch.randn(3, 16)
+    expected = F.linear(x, reference_weight(model[0].weight, config.spec()), model[0].bias)
+    torch.testing.assert_close(quantized[0](x), expected, rtol=0, atol=1e-6)
+
+
+def test_quantizing_twice_raises():
+    quantized, _ = quantize_weight_only(tiny_gpt(), WeightOnlyConfig(targets=("ffn",)))
+    with pytest.raises(ValueError, match=r"module 'blocks\.0\.mlp\.fc_in' is already quantized "
+                                         r"\(a PackedLinear\): quantize the float model"):
+        quantize_weight_only(quantized, WeightOnlyConfig(targets=("ffn",)))
+    # other groups of the same copy are still float, and can be quantized on top
+    stacked, report = quantize_weight_only(quantized, WeightOnlyConfig(targets=("attention",)))
+    assert len(report.converted) == 8 and type(stacked.blocks[0].mlp.fc_in) is PackedLinear
 
 
 def test_nothing_converted_raises():
     model = tiny_gpt()
     for name in ("tok_emb", "pos_emb"):
         model.get_submodule(name).max_norm = 1.0
-    with pytest.raises(ValueError, match=r"converted no module for targets=\('embeddings',\)"):
-        quantize_weights(model, WeightOnlyConfig(targets=("embeddings",)))
+    with pytest.raises(ValueError, match=r"weight-only int4 per-channel would convert no module "
+                                         r"\(tok_emb: max_norm=1\.0 renormalizes the table at "
+                                         r"lookup; pos_emb: max_norm=1\.0"):
+        quantize_weight_only(model, WeightOnlyConfig(targets=("embeddings",)))
 
 
 def test_group_size_not_dividing_names_the_module():
     config = WeightOnlyConfig(granularity="group", group_size=24)
-    with pytest.raises(ValueError, match=r"group_size=24 does not divide in_features=32 of "
-                                         r"module 'blocks.0.attn.q_proj': choose a divisor"):
-        quantize_weights(tiny_gpt(), config)
-
-
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(bits=1), ValueError, "bits=1 is not supported: choose 2..8"),
-    (dict(bits=4.0), TypeError, "bits=4.0 must be an int"),
-    (dict(scheme="sym"), ValueError, "scheme='sym' is unknown"),
-    (dict(granularity="row"), ValueError, "granularity='row' is unknown"),
-    (dict(granularity="group"), ValueError, "group_size=None is invalid for granularity='group'"),
-    (dict(group_size=32), ValueError, "group_size=32 is only used with granularity='group'"),
-    (dict(range_method="max"), ValueError, "range_method='max' is unknown"),
-    (dict(targets=("mlp",)), ValueError, r"targets=\('mlp',\) names unknown groups \['mlp'\]"),
-    (dict(targets=()), TypeError, r"targets=\(\) must be a non-empty tuple of group names"),
-])
-def test_bad_config_errors(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        WeightOnlyConfig(**kwargs)
-
-
-def test_config_normalizes_targets_and_rejects_other_configs():
-    assert WeightOnlyConfig(targets="ffn").targets == ("ffn",)
-    assert WeightOnlyConfig(targets=["ffn", "head"]).targets == ("ffn", "head")
-    with pytest.raises(TypeError, match="config is a dict: expected a WeightOnlyConfig"):
-        quantize_weights(tiny_gpt(), {"bits": 4})
+    with pytest.raises(ValueError, match=r"group_size=24 does not divide the row length of module "
+                                         r"'blocks\.0\.attn\.q_proj' \(32\): choose a divisor of "
+                                         r"32, e\.g\. \[4, 8, 16, 32\]"):
+        quantize_weight_only(tiny_gpt(), config)
+    # the FFN's second layer reads the 128 outputs of the first (divisors of 128 nearest 48:
+    # 32 and 64, 16 away, then 16 and 8); embeddings group along their rows
+    with pytest.raises(ValueError, match=r"'blocks\.0\.mlp\.fc_out' \(128\): choose a divisor "
+                                         r"of 128, e\.g\. \[8, 16, 32, 64\]"):
+        quantize_weight_only(tiny_gpt(), WeightOnlyConfig(
+            granularity="group", group_size=48, modules=("blocks.0.mlp.fc_out",)))
+    with pytest.raises(ValueError, match=r"row length of module 'tok_emb' \(32\)"):
+        quantize_weight_only(tiny_gpt(), WeightOnlyConfig(granularity="group", group_size=12,
+                                                          targets=("embeddings",)))
 
 
 def test_no_warnings_while_quantizing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        quantize_weights(tiny_gpt(), WeightOnlyConfig(targets=ALL_GROUPS))
+        quantize_weight_only(tiny_gpt(), WeightOnlyConfig(targets=ALL_GROUPS))
+
+
+# ------------------------------------------------------------------ the cache of a sweep
+
+
+def test_a_cache_shares_packed_modules_and_float_tensors():
+    model = tiny_gpt()
+    cache = {}
+    config = WeightOnlyConfig(targets=("attention", "ffn"))
+    first, report = quantize_weight_only(model, config, cache=cache)
+    again, _ = quantize_weight_only(model, config, cache=cache)
+    ffn_only, _ = quantize_weight_only(model, WeightOnlyConfig(targets=("ffn",)), cache=cache)
+    assert set(cache) == {(model.get_submodule(name), config.spec(), False)
+                          for name in report.converted}
+    assert again.blocks[0].attn.q_proj is first.blocks[0].attn.q_proj
+    assert ffn_only.blocks[1].mlp.fc_out is first.blocks[1].mlp.fc_out
+    assert first.ln_f.weight is model.ln_f.weight  # float tensors shared, not copied
+    assert first.lm_head.weight is model.lm_head.weight
+    plain, _ = quantize_weight_only(model, config)
+    assert plain.ln_f.weight is not model.ln_f.weight
+    ids = torch.randint(0, 40, (2, 16))
+    assert torch.equal(first(ids)[0], plain(ids)[0])
+    eight = WeightOnlyConfig(bits=8)  # another spec: packed anew
+    assert quantize_weight_only(model, eight, cache=cache)[0].blocks[0].attn.q_proj is not (
+        first.blocks[0].attn.q_proj)
+
+
+def test_a_cache_filled_by_another_model_is_not_reused():
+    cache = {}
+    quantize_weight_only(tiny_gpt(seed=0), WeightOnlyConfig(), cache=cache)
+    other = tiny_gpt(seed=1)
+    expected, _ = quantize_weight_only(other, WeightOnlyConfig())
+    try:
+        got, _ = quantize_weight_only(other, WeightOnlyConfig(), cache=cache)
+    except ValueError as error:  # refusing is a fix too
+        assert "cache" in str(error)
+        return
+    assert torch.equal(got.blocks[0].attn.q_proj.weight, expected.blocks[0].attn.q_proj.weight)
+
+
+def test_a_cache_that_is_not_a_dict_is_refused():
+    with pytest.raises(TypeError, match=r"cache is a list: pass a dict \(or None\)"):
+        quantize_weight_only(tiny_gpt(), WeightOnlyConfig(), cache=[])
+
+
+# ------------------------------------------------------------------ predicted bytes
+
+
+@pytest.mark.parametrize("config", [
+    WeightOnlyConfig(bits=4),
+    WeightOnlyConfig(bits=3, scheme="asymmetric", granularity="group", group_size=16,
+                     targets=ALL_GROUPS),
+    WeightOnlyConfig(bits=8, granularity="tensor", targets=("head", "embeddings")),
+    WeightOnlyConfig(bits=2, modules=("blocks.1.mlp.fc_out",)),
+])
+def test_predicted_size_is_what_the_quantized_copy_stores(config):
+    model = tiny_gpt()
+    quantized, _ = quantize_weight_only(model, config)
+    assert predicted_size_bytes(model, config) == tensor_bytes(quantized)
+    assert predicted_size_bytes(model, config) < tensor_bytes(model)
+
+
+def test_converted_weight_bytes_hand_computed():
+    # the book's GPT: 4 layers of 128 dims; attention and FFN hold 786,432 weights in 24
+    # matrices with 4,608 rows; 4 bits per channel: half a byte per weight + a 4-byte scale a row
+    book = GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=4, n_head=4, n_embd=128))
+    assert converted_weight_bytes(book, WeightOnlyConfig(bits=4)) == (
+        786_432 * 4, 786_432 // 2 + 4_608 * 4)
+    # int8 per channel on 128-wide rows: 512 float bytes become 128 codes + a 4-byte scale
+    float_bytes, q_bytes = converted_weight_bytes(
+        book, WeightOnlyConfig(bits=8, targets=("attention",)))
+    assert float_bytes / q_bytes == pytest.approx(512 / 132)
+
+
+def test_predicted_size_refuses_other_configs():
+    with pytest.raises(TypeError, match=r"config is a DynamicConfig: expected a WeightOnlyConfig"):
+        predicted_size_bytes(tiny_gpt(), DynamicConfig())

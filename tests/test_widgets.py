@@ -44,3 +44,12 @@ def test_linked_views_errors():
         linked_views(["a", "b"], [view], "bits")
     with pytest.raises(ValueError, match="repeats a label"):
         linked_views(["a", "a"], [view, widgets.HTML("y")], "bits")
+
+
+def test_linked_views_start_at_the_view_the_prose_discusses():
+    views = [widgets.HTML(str(k)) for k in range(3)]
+    slider, stack = linked_views(["a", "b", "c"], views, "pick", start=2).children
+    assert slider.value == "c" and slider.index == 2 and stack.selected_index == 2
+    for bad in (3, -1, True, 1.0):
+        with pytest.raises(ValueError, match=r"start=.* is not an index of labels: choose 0\.\.2"):
+            linked_views(["a", "b", "c"], views, "pick", start=bad)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from quantbook.targets import GROUPS, list_targets
+from quantbook.targets import GROUP_TYPES, GROUPS, list_targets
 
 ATTENTION_MATMULS = "attention matmuls"
 OTHER = "norms/other"
@@ -53,6 +53,10 @@ def group_accounting(model: nn.Module, seq_len: int) -> list[GroupCost]:
         One :class:`GroupCost` per row of :data:`ROWS`, in that order (rows may be zero, e.g.
         MiniLM's ``head``). Parameters shared between modules are counted once.
 
+    Raises:
+        TypeError: a group's module is no longer the float ``nn.Linear`` / ``nn.Embedding`` (a
+            quantized copy), whose parameters and MACs this ledger cannot count.
+
     Example: a GPT with n_layer=1, n_embd=8, vocab 11, T=4 has attention 4 * 8 * 8 = 256 MACs,
     attention matmuls 2 * 4 * 8 = 64, ffn 2 * 8 * 32 = 512, head 8 * 11 = 88 per token.
     """
@@ -64,8 +68,15 @@ def group_accounting(model: nn.Module, seq_len: int) -> list[GroupCost]:
     group_of_param: dict[str, str] = {}
     macs = dict.fromkeys(ROWS, 0)
     for group in GROUPS:
+        kind = GROUP_TYPES[group]
         for name in targets[group]:
             module = modules[name]
+            if not isinstance(module, kind):
+                found = f"{type(module).__module__}.{type(module).__qualname__}"
+                raise TypeError(
+                    f"model.{name} is a {found}, not an nn.{kind.__name__}: "
+                    "group_accounting counts the float model; pass it before quantization"
+                )
             for param_name, _ in module.named_parameters(prefix=name):
                 group_of_param[param_name] = group
             if isinstance(module, nn.Linear):

@@ -18,59 +18,23 @@ from typing import Literal
 
 import torch
 
+from quantbook import ranges
+from quantbook.grid import (  # noqa: F401  (re-exported: the grid is part of affine's API)
+    EPS,
+    SCHEMES,
+    TINY,
+    check_bits,
+    check_choice,
+    check_float_tensor,
+    check_group_size,
+    qrange,
+    scale_zero_point,
+)
+
 Scheme = Literal["symmetric", "asymmetric"]
 Granularity = Literal["tensor", "channel", "group"]
-SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel", "group")
 RANGE_METHODS = ("minmax", "percentile", "mse")
-EPS = torch.finfo(torch.float32).eps  # smallest scale, as in torch's observers
-TINY = torch.finfo(torch.float32).tiny
-
-
-def check_bits(bits: int) -> None:
-    """Raise ``TypeError`` / ``ValueError`` unless ``bits`` is an int in 2..8."""
-    if not isinstance(bits, int) or isinstance(bits, bool):
-        raise TypeError(f"bits={bits!r} must be an int: choose 2..8")
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits} is not supported: choose 2..8")
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is unknown: choose one of {', '.join(choices)}")
-
-
-def check_float_tensor(x: object, name: str = "x") -> None:
-    """Raise unless ``x`` is a non-empty floating-point tensor of finite values."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{name} has dtype {x.dtype}; quantization needs a floating-point tensor: "
-            f"convert it with {name}.float()"
-        )
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to quantize")
-    if not bool(torch.isfinite(x).all()):
-        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-        raise ValueError(
-            f"{name} contains {n_nan} NaN and {n_inf} inf values: find their source, or "
-            f"replace them with torch.nan_to_num({name})"
-        )
-
-
-def qrange(bits: int, scheme: str) -> tuple[int, int]:
-    """Integer code range ``(qmin, qmax)``.
-
-    Symmetric codes are signed (like ``torch.qint8``), asymmetric ones unsigned (``torch.quint8``).
-    Example: ``qrange(4, "symmetric") == (-8, 7)``, ``qrange(4, "asymmetric") == (0, 15)``.
-    """
-    check_bits(bits)
-    check_choice("scheme", scheme, SCHEMES)
-    if scheme == "symmetric":
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
 
 
 @dataclass(frozen=True)
@@ -146,26 +110,6 @@ class QParams:
             raise ValueError("scale must be positive and finite everywhere")
 
 
-def scale_zero_point(
-    lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, scheme: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, zero_point)`` mapping the range ``[lo, hi]`` (widened to hold 0) onto codes.
-
-    Same float32 ops as torch's ``MinMaxObserver``. Example: ``lo=-1, hi=3``, 8-bit
-    asymmetric gives ``scale = 4/255`` and ``zero_point = 0 - round(-1 / scale) = 64``.
-    """
-    lo_neg = torch.minimum(lo, torch.zeros_like(lo)).float()
-    hi_pos = torch.maximum(hi, torch.zeros_like(hi)).float()
-    eps = torch.tensor(EPS, dtype=torch.float32, device=lo.device)
-    if scheme == "symmetric":
-        scale = torch.maximum(-lo_neg, hi_pos) / (float(qmax - qmin) / 2)
-        scale = torch.maximum(scale, eps)
-        return scale, torch.zeros_like(scale, dtype=torch.int32)
-    scale = torch.maximum((hi_pos - lo_neg) / float(qmax - qmin), eps)
-    zero_point = qmin - torch.round(lo_neg / scale).to(torch.int32)
-    return scale, zero_point.clamp(qmin, qmax)
-
-
 def quantize_affine(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
@@ -192,14 +136,11 @@ def _slices(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
                 f"(shape {tuple(x.shape)}): choose -{x.ndim}..{x.ndim - 1}"
             )
         return x.movedim(spec.axis, 0).reshape(x.shape[spec.axis], -1)  # (C, numel / C)
-    n, gs = (x.shape[-1] if x.ndim else 0), spec.group_size
-    if x.ndim == 0 or n % gs:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        near = sorted(sorted(divisors, key=lambda d: abs(d - gs))[:5])
-        raise ValueError(
-            f"group_size={gs} does not divide the last dim of size {n} "
-            f"(shape {tuple(x.shape)}): choose a divisor of {n}, e.g. {near}"
-        )
+    gs = spec.group_size
+    if x.ndim == 0:
+        raise ValueError("a 0-dim tensor has no last dim to split into groups: use "
+                         "granularity='tensor'")
+    check_group_size(gs, x.shape[-1], f"the last dim of shape {tuple(x.shape)}")
     return x.reshape(-1, gs)  # (rows * n_groups, group_size)
 
 
@@ -218,8 +159,6 @@ def choose_qparams(x: torch.Tensor, spec: QuantSpec) -> QParams:
     round-trips exactly; torch's observers use ``|c| / 255`` or ``|c| / 127.5`` there, which
     does not reproduce ``c``. Everything else matches ``MinMaxObserver`` for "minmax".
     """
-    from quantbook import ranges  # here, not at the top: ranges imports this module
-
     check_float_tensor(x)
     rows = _slices(x.float(), spec)  # (n_slices, slice_len)
     qmin, qmax = qrange(spec.bits, spec.scheme)

@@ -9,6 +9,9 @@ how similar each pair is. gensim installs three files from that study in ``gensi
 - ``similarities0-1.txt``: the mean human rating (0..1) of every pair of those 50, stored as the
   upper triangle of a 50 x 50 tab-separated matrix (ones on the diagonal, zeros below it).
 
+Calibration batches for static quantization come from the training articles, never from the
+evaluation text (:func:`gpt_calibration_batches`, :func:`minilm_calibration_batches`).
+
 The files are located with ``importlib.util.find_spec`` so gensim itself is never imported.
 """
 
@@ -19,6 +22,7 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 GENSIM_PIN = "gensim==4.4.0"
 N_BACKGROUND = 300
@@ -161,3 +165,57 @@ def calibration_texts(n: int, seed: int = 0) -> list[str]:
         raise ValueError(f"n={n!r} is out of range: expected an integer from 1 to {len(train)}")
     picks = np.random.default_rng(seed).choice(len(train), size=n, replace=False)
     return [train[k] for k in picks]
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not supported: pass a positive integer")
+
+
+def gpt_calibration_batches(tokenizer, block_size: int, n_batches: int = 8,
+                            batch_size: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    """Token windows for calibrating the GPT, from the training text (never evaluation text).
+
+    Windows of ``block_size`` tokens start at distinct random positions of
+    ``quantbook.data.lee_split().train``, drawn with NumPy's generator seeded by ``seed``.
+
+    Returns:
+        ``n_batches`` LongTensors of shape ``(batch_size, block_size)``.
+    """
+    for name, value in (("n_batches", n_batches), ("batch_size", batch_size),
+                        ("block_size", block_size)):
+        _check_count(name, value)
+    ids = torch.tensor(tokenizer.encode(lee_split().train), dtype=torch.long)
+    n_windows = n_batches * batch_size
+    n_starts = ids.numel() - block_size + 1
+    if n_windows > n_starts:
+        raise ValueError(
+            f"n_batches={n_batches} x batch_size={batch_size} windows of {block_size} tokens "
+            f"need {n_windows} start positions, the training text has {max(n_starts, 0)}: "
+            "ask for fewer batches"
+        )
+    starts = np.random.default_rng(seed).choice(n_starts, size=n_windows, replace=False)
+    windows = torch.stack([ids[s : s + block_size] for s in starts.tolist()])  # (N, T)
+    return list(windows.view(n_batches, batch_size, block_size))  # n x (batch, T)
+
+
+def minilm_calibration_batches(tokenizer, n_batches: int = 8, batch_size: int = 8,
+                               seed: int = 0, max_length: int = 256) -> list[dict]:
+    """Tokenized training articles (never the 50 evaluation documents) for MiniLM.
+
+    Returns:
+        ``n_batches`` tokenizer outputs (dicts of ``input_ids``, ``attention_mask``, ...),
+        padded to the longest article of each batch and truncated at ``max_length``.
+    """
+    _check_count("n_batches", n_batches)
+    _check_count("batch_size", batch_size)
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer is a {type(tokenizer).__name__}, which is not callable: "
+                        "pass MiniLM's tokenizer (load_minilm()[1]); the GPT's batches come "
+                        "from gpt_calibration_batches(tokenizer, block_size)")
+    texts = calibration_texts(n_batches * batch_size, seed)
+    return [
+        dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
+                       max_length=max_length, return_tensors="pt"))
+        for i in range(0, len(texts), batch_size)
+    ]

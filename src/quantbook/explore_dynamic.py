@@ -1,13 +1,12 @@
-"""Chapter 04 helpers: dynamic quantization taken apart, timed, and explored.
-
-The quantization itself is :mod:`quantbook.methods.dynamic`; this module checks what a converted
-layer computes, sweeps latency over batch sizes and threads, lists the operators a layer runs,
-and builds the chapter's figures and explorers from precomputed results.
+"""Chapter 04 helpers: what a dynamic int8 layer computes, latency over batch sizes and threads,
+and the figures and explorers drawn from the records of the chapter's :class:`Sweep`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -16,31 +15,37 @@ import torch
 import torch.nn.functional as F
 from matplotlib.ticker import FuncFormatter
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from quantbook import measure
-from quantbook.methods.dynamic import (
-    GRANULARITIES,
-    DynamicConfig,
-    dynamic_activation_qparams,
-    quantize_dynamic_model,
-)
+from quantbook.methods.dynamic import DynamicConfig, dynamic_activation_qparams
+from quantbook.methods.sensitivity import Sensitivity
+from quantbook.records import FLOAT_FAMILY, BenchRecord
+from quantbook.sweep import Sweep
 from quantbook.widgets import figure_png, linked_views
 
-# explorer choice -> the module groups it quantizes
-GROUP_CHOICES: dict[str, tuple[str, ...]] = {
-    "attention": ("attention",), "ffn": ("ffn",), "both": ("attention", "ffn")}
-GRANULARITY_LABELS = {"tensor": "per tensor", "channel": "per channel"}
-FLOAT_LABEL = "float32"
+# the explorer's choices: (label, targets) and (label, granularity)
+TARGET_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("attention",)), ("ffn", ("ffn",)), ("both", ("attention", "ffn")))
+GRANULARITY_CHOICES: tuple[tuple[str, str], ...] = (
+    ("per tensor", "tensor"), ("per channel", "channel"))
 
 
-def combo_label(groups: str, granularity: str) -> str:
-    """The explorer's name for a recipe, e.g. ``"ffn, per channel"``."""
-    if groups not in GROUP_CHOICES or granularity not in GRANULARITIES:
-        raise ValueError(f"groups={groups!r}, granularity={granularity!r} is not a recipe: "
-                         f"choose groups from {list(GROUP_CHOICES)} and granularity from "
-                         f"{list(GRANULARITIES)}")
-    return f"{groups}, {GRANULARITY_LABELS[granularity]}"
+def combo_label(targets: Sequence[str], granularity: str) -> str:
+    """The explorer's label for a recipe: ``(("ffn",), "channel")`` -> ``"ffn, per channel"``."""
+    target_labels = {t: label for label, t in TARGET_CHOICES}
+    granularity_labels = {g: label for label, g in GRANULARITY_CHOICES}
+    key = tuple(targets)
+    if key not in target_labels or granularity not in granularity_labels:
+        raise ValueError(f"targets={key!r}, granularity={granularity!r} is not a recipe of the "
+                         f"explorer: choose targets from {list(target_labels)} and granularity "
+                         f"from {list(granularity_labels)}")
+    return f"{target_labels[key]}, {granularity_labels[granularity]}"
+
+
+def combo_configs() -> dict[str, DynamicConfig]:
+    """label -> config of every recipe, targets x granularity, in the explorer's order."""
+    return {combo_label(t, g): DynamicConfig(targets=t, granularity=g)
+            for _, t in TARGET_CHOICES for _, g in GRANULARITY_CHOICES}
 
 
 def capture_inputs(model: nn.Module, name: str, run: Callable[[], object]) -> list[torch.Tensor]:
@@ -92,64 +97,64 @@ def simulate_dynamic_linear(layer: nn.Module, x: torch.Tensor, reduce_range: boo
         return F.linear(x_hat, layer.weight().dequantize(), None if bias is None else bias.detach())
 
 
-def call(model: nn.Module, batch) -> object:
-    """Run ``model`` on a batch: ``model(**batch)`` for a mapping, else ``model(batch)``."""
-    return model(**batch) if isinstance(batch, Mapping) else model(batch)
+@dataclass(frozen=True)
+class LatencyPoint:
+    """One model's median latency at one batch size and thread count; ``speedup`` is over the
+    grid's first model, timed in the same alternating rounds (1.0 for that model itself)."""
+
+    label: str
+    batch_size: int
+    threads: int
+    latency_ms: float
+    speedup: float
 
 
 def latency_grid(models: Mapping[str, nn.Module], make_batch: Callable[[int], object],
                  batch_sizes: Sequence[int], threads: Sequence[int], *, warmup: int = 1,
-                 repeats: int = 5) -> list[dict]:
-    """Median latency of each model at each batch size and thread count, measured side by side.
-
-    For every ``(threads, batch_size)`` the models run alternately
-    (:func:`quantbook.measure.compare_latency`); the thread setting is restored afterwards.
-
-    Returns:
-        One row per measurement: ``{"model", "batch_size", "threads", "median_ms",
-        "ms_per_item", "speedup"}``; ``speedup`` is against the first model of ``models``.
-    """
+                 repeats: int = 5) -> list[LatencyPoint]:
+    """Median latency of each model at each batch size and thread count, timed alternately
+    (:func:`measure.compare_latency`) on ``make_batch(batch_size)``, a tensor or a mapping of
+    keyword arguments; the thread setting is restored afterwards."""
     if not models:
-        raise ValueError("models is empty: pass {name: model}, the float baseline first")
+        raise ValueError("models is empty: pass {label: model}, the float baseline first")
     for name, values in (("batch_sizes", batch_sizes), ("threads", threads)):
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                              for v in values):
             raise ValueError(f"{name}={list(values)!r} is not supported: pass positive integers")
     baseline = next(iter(models))
-    rows = []
+    points = []
     for n_threads in threads:
         for batch_size in batch_sizes:
             batch = make_batch(batch_size)
             with measure.num_threads(n_threads):
                 timings = measure.compare_latency(
-                    {name: (lambda m=m, b=batch: call(m, b)) for name, m in models.items()},
+                    {label: (lambda m=m, b=batch: m(**b) if isinstance(b, Mapping) else m(b))
+                     for label, m in models.items()},
                     warmup=warmup, repeats=repeats)
-            for name, timing in timings.items():
-                rows.append({"model": name, "batch_size": batch_size, "threads": n_threads,
-                             "median_ms": timing.median_ms,
-                             "ms_per_item": timing.median_ms / batch_size,
-                             "speedup": measure.speedup(timings[baseline], timing)})
-    return rows
+            points += [LatencyPoint(label, batch_size, n_threads, timing.median_ms,
+                                    measure.speedup(timings[baseline], timing))
+                       for label, timing in timings.items()]
+    return points
 
 
-def plot_latency_grid(rows: Sequence[dict], title: str) -> plt.Figure:
-    """Left: milliseconds per item against batch size; right: speed-up over the baseline."""
+def plot_latency_grid(points: Sequence[LatencyPoint], title: str) -> plt.Figure:
+    """Left: milliseconds per sequence against batch size; right: speed-up over the baseline."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for k, n_threads in enumerate(sorted({r["threads"] for r in rows}, reverse=True)):
+    labels = list(dict.fromkeys(p.label for p in points))
+    for k, n_threads in enumerate(sorted({p.threads for p in points}, reverse=True)):
         style = ("-", "--", ":", "-.")[k % 4]
-        for i, name in enumerate(models):
-            mine = sorted((r for r in rows if r["model"] == name and r["threads"] == n_threads),
-                          key=lambda r: r["batch_size"])
-            sizes = [r["batch_size"] for r in mine]
+        for i, name in enumerate(labels):
+            mine = sorted((p for p in points if p.label == name and p.threads == n_threads),
+                          key=lambda p: p.batch_size)
+            sizes = [p.batch_size for p in mine]
             label = f"{name}, {n_threads} thread{'s' if n_threads > 1 else ''}"
-            left.plot(sizes, [r["ms_per_item"] for r in mine], style, marker="o",
+            left.plot(sizes, [p.latency_ms / p.batch_size for p in mine], style, marker="o",
                       color=f"C{i}", label=label)
             if i > 0:
-                right.plot(sizes, [r["speedup"] for r in mine], style, marker="o",
+                right.plot(sizes, [p.speedup for p in mine], style, marker="o",
                            color=f"C{i}", label=label)
     right.axhline(1.0, color="0.5", lw=0.8)
-    sizes = sorted({r["batch_size"] for r in rows})
+    sizes = sorted({p.batch_size for p in points})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -161,17 +166,25 @@ def plot_latency_grid(rows: Sequence[dict], title: str) -> plt.Figure:
     left.yaxis.set_major_formatter(plain)
     left.yaxis.set_minor_formatter(plain)
     left.set_ylabel("latency per sequence (ms, log scale)")
-    right.set_ylabel(f"speed-up over {models[0]} (x)")
+    right.set_ylabel(f"speed-up over {labels[0]} (x)")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def plot_sensitivity(scan: Sequence[dict], title: str, metric: str = "cosine drop") -> plt.Figure:
-    """Horizontal bars: how much quantizing each module alone costs, most harmful on top."""
-    rows = sorted(scan, key=lambda r: r["drop"])
+def plot_sensitivity(scan: Sequence[Sensitivity], title: str,
+                     metric: str = "cosine drop") -> plt.Figure:
+    """Horizontal bars: what quantizing each module alone costs, most harmful on top; a NaN
+    metric (``drop`` is ``inf``) gets a hatched bar ten times the largest finite drop."""
+    rows = sorted(scan, key=lambda r: r.drop if isinstance(r, Sensitivity) else 0)
+    if not rows or not all(isinstance(r, Sensitivity) for r in rows):
+        raise TypeError(f"scan={rows[:1]!r}...: pass the Sensitivity rows that "
+                        "quantbook.methods.sensitivity_scan returns")
+    cap = 10 * max((r.drop for r in rows if math.isfinite(r.drop)), default=1.0)
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.4))
-    ax.barh([r["module"] for r in rows], [r["drop"] for r in rows], color="C3")
+    bars = ax.barh([r.module for r in rows], [min(r.drop, cap) for r in rows], color="C3")
+    for bar in (b for b, r in zip(bars, rows, strict=True) if not math.isfinite(r.drop)):
+        bar.set_hatch("//")
     ax.set_xscale("log")
     ax.set(xlabel=f"{metric} when only this module is int8 (log scale)", title=title)
     ax.tick_params(axis="y", labelsize=8)
@@ -179,73 +192,54 @@ def plot_sensitivity(scan: Sequence[dict], title: str, metric: str = "cosine dro
     return fig
 
 
-def explorer_grid(model: nn.Module, evaluate_fn: Callable[[nn.Module], dict],
-                  run_fn: Callable[[nn.Module], object], *,
-                  reuse: Mapping[str, tuple[nn.Module, dict]] | None = None,
-                  warmup: int = 1, repeats: int = 5, threads: int | None = None) -> list[dict]:
-    """Quantize, evaluate and time every recipe of groups x granularity, plus float.
+def explorer_grid(sweep: Sweep, *, threads: int | None = None, warmup: int = 1,
+                  repeats: int = 5) -> list[BenchRecord]:
+    """The float32 record, then a timed record per recipe of :func:`combo_configs`.
 
-    Args:
-        model: the float model (quantbook's GPT or MiniLM).
-        evaluate_fn: model -> dict of quality figures, e.g. ``{"cosine": ..., "pearson": ...}``.
-        run_fn: model -> anything; the call that is timed (all recipes side by side).
-        reuse: label -> ``(quantized model, its evaluate_fn result)`` already computed, to skip
-            (``combo_label`` labels; ``"float32"`` for the float model).
-        warmup: untimed rounds.
-        repeats: timed rounds.
-        threads: time with this many threads (the current setting if ``None``).
-
-    Returns:
-        Rows ``{"label", "groups", "granularity", "size_bytes", "size_ratio", "latency_ms",
-        "speedup", **quality}``, float first, then groups x granularity in order.
+    Quality and size are measured with the current thread setting, then each recipe is timed
+    alternately with the float model on ``threads`` threads (the current setting if ``None``)
+    by :meth:`Sweep.run`. What the sweep already built or measured is reused.
     """
-    reuse = dict(reuse or {})
-    recipes = [(FLOAT_LABEL, None, None)] + [
-        (combo_label(g, gran), g, gran) for g in GROUP_CHOICES for gran in GRANULARITIES]
-    models, rows = {}, []
-    for label, groups, granularity in recipes:
-        if label in reuse:
-            quantized, quality = reuse[label]
-        else:
-            quantized = model if groups is None else quantize_dynamic_model(
-                model, DynamicConfig(targets=GROUP_CHOICES[groups], granularity=granularity))[0]
-            quality = evaluate_fn(quantized)
-        models[label] = quantized
-        rows.append({"label": label, "groups": groups, "granularity": granularity,
-                     "size_bytes": measure.size_bytes(quantized), **quality})
+    if not isinstance(sweep, Sweep):
+        raise TypeError(f"sweep is a {type(sweep).__name__}: expected a quantbook.sweep.Sweep")
+    configs = combo_configs()
+    sweep.run(configs)
     with measure.num_threads(threads or torch.get_num_threads()):
-        timings = measure.compare_latency(
-            {k: (lambda m=m: run_fn(m)) for k, m in models.items()}, warmup=warmup, repeats=repeats)
-    for row in rows:
-        row["size_ratio"] = row["size_bytes"] / rows[0]["size_bytes"]
-        row["latency_ms"] = timings[row["label"]].median_ms
-        row["speedup"] = measure.speedup(timings[FLOAT_LABEL], timings[row["label"]])
-    return rows
+        return sweep.run(configs, timed=True, warmup=warmup, repeats=repeats)
+
+
+def _figure(record: BenchRecord, key: str) -> float:
+    """A record's field (``"size_ratio"``, ``"speedup"``) or quality (``"cosine_mean"``)."""
+    value = getattr(record, key) if hasattr(record, key) else record.quality(key)
+    if value is None:
+        raise ValueError(f"{record.method!r} has no {key}: pass timed records (explorer_grid)")
+    return value
 
 
 _PANELS = (("size_ratio", "size (fraction of float32)"), ("speedup", "speed-up over float32 (x)"),
-           ("cosine", "cosine to float32 embeddings"))
+           ("cosine_mean", "cosine to float32 embeddings"))
 
 
-def plot_combos(rows: Sequence[dict], title: str, selected: str | None = None,
+def plot_combos(records: Sequence[BenchRecord], title: str, selected: str | None = None,
                 panels: Sequence[tuple[str, str]] = _PANELS) -> plt.Figure:
     """One panel per figure of merit, one bar per recipe; ``selected`` is drawn in black."""
-    recipes = [r for r in rows if r["groups"] is not None]
+    by_label = {r.method: r for r in records}
+    reference = next(r for r in records if r.family == FLOAT_FAMILY)
     fig, axes = plt.subplots(1, len(panels), figsize=(11, 3.6))
-    positions = np.arange(len(GROUP_CHOICES))
+    positions = np.arange(len(TARGET_CHOICES))
     for ax, (key, ylabel) in zip(np.atleast_1d(axes), panels, strict=True):
-        for k, granularity in enumerate(GRANULARITIES):
-            mine = [r for r in recipes if r["granularity"] == granularity]
-            bars = ax.bar(positions + 0.38 * k - 0.19, [r[key] for r in mine], width=0.38,
-                          color=f"C{k}", label=GRANULARITY_LABELS[granularity])
-            for bar, r in zip(bars, mine, strict=True):
-                if r["label"] == selected:
-                    bar.set(edgecolor="black", linewidth=2.5)
-        ax.axhline(rows[0][key], color="0.3", ls="--", lw=1, label=FLOAT_LABEL)
-        values = [r[key] for r in rows]
+        for k, (granularity_label, granularity) in enumerate(GRANULARITY_CHOICES):
+            labels = [combo_label(targets, granularity) for _, targets in TARGET_CHOICES]
+            bars = ax.bar(positions + 0.38 * k - 0.19,
+                          [_figure(by_label[label], key) for label in labels], width=0.38,
+                          color=f"C{k}", label=granularity_label)
+            if selected in labels:
+                bars[labels.index(selected)].set(edgecolor="black", linewidth=2.5)
+        ax.axhline(_figure(reference, key), color="0.3", ls="--", lw=1, label=reference.method)
+        values = [_figure(r, key) for r in records]
         low, high = min(values), max(values)
         ax.set_ylim(max(0.0, low - 0.15 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
-        ax.set_xticks(positions, list(GROUP_CHOICES))
+        ax.set_xticks(positions, [label for label, _ in TARGET_CHOICES])
         ax.set(xlabel="quantized Linear groups", ylabel=ylabel)
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
@@ -253,75 +247,50 @@ def plot_combos(rows: Sequence[dict], title: str, selected: str | None = None,
     return fig
 
 
-def describe(row: dict) -> str:
+def describe(record: BenchRecord) -> str:
     """One line of HTML with a recipe's numbers."""
-    quality = ", ".join(f"{k} {row[k]:.4f}" for k in ("cosine", "pearson") if k in row)
-    return (f"<b>{row['label']}</b>: {row['size_bytes'] / 1e6:.1f} MB "
-            f"({row['size_ratio']:.1%} of float32), {row['latency_ms']:.0f} ms "
-            f"({row['speedup']:.2f}x), {quality}")
+    figures = {record.metric: record.value, **record.secondary}
+    quality = ", ".join(f"{name.replace('_', ' ')} {value:.4f}" for name, value in figures.items())
+    timing = ("" if record.latency_ms is None
+              else f", {record.latency_ms:.0f} ms ({record.speedup:.2f}x)")
+    return (f"<b>{record.method}</b>: {record.size_bytes / 1e6:.1f} MB "
+            f"({record.size_ratio:.1%} of float32){timing}, {quality}")
 
 
-def combo_pictures(rows: Sequence[dict], title: str) -> dict[str, bytes]:
+def combo_pictures(records: Sequence[BenchRecord], title: str) -> dict[str, bytes]:
     """PNG bytes of :func:`plot_combos` with each recipe selected in turn: the explorers' views."""
-    return {r["label"]: figure_png(plot_combos(rows, title, selected=r["label"]))
-            for r in rows if r["groups"] is not None}
+    return {label: figure_png(plot_combos(records, title, selected=label))
+            for label in combo_configs()}
 
 
-def explorer(rows: Sequence[dict], pictures: Mapping[str, bytes]) -> widgets.VBox:
-    """Live explorer: group and granularity buttons select a precomputed recipe.
-
-    Every figure was drawn up front (:func:`combo_pictures`); a change only swaps the picture
-    and the line of numbers, so it answers at once. Needs a running kernel.
+def explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes]) -> widgets.VBox:
+    """Live explorer (needs a kernel): buttons select a recipe's precomputed picture and numbers,
+    so a change answers at once. It starts at ``"both, per tensor"``, the chapter's first recipe.
     """
-    by_label = {r["label"]: r for r in rows}
-    groups = widgets.ToggleButtons(options=list(GROUP_CHOICES), value="both",
-                                   description="quantize")
-    granularity = widgets.ToggleButtons(
-        options=[(GRANULARITY_LABELS[g], g) for g in GRANULARITIES], value="tensor",
-        description="weights")
+    by_label = {r.method: r for r in records}
+    targets = widgets.ToggleButtons(options=list(TARGET_CHOICES), value=("attention", "ffn"),
+                                    description="quantize")
+    granularity = widgets.ToggleButtons(options=list(GRANULARITY_CHOICES), value="tensor",
+                                        description="weights")
     image = widgets.Image(format="png", layout=widgets.Layout(width="820px"))
     text = widgets.HTML()
 
     def show(_change: object = None) -> None:
-        label = combo_label(groups.value, granularity.value)
+        label = combo_label(targets.value, granularity.value)
         image.value, text.value = pictures[label], describe(by_label[label])
 
-    groups.observe(show, names="value")
+    targets.observe(show, names="value")
     granularity.observe(show, names="value")
     show()
-    return widgets.VBox([groups, granularity, text, image])
+    return widgets.VBox([targets, granularity, text, image])
 
 
-def static_explorer(rows: Sequence[dict], pictures: Mapping[str, bytes]) -> widgets.VBox:
+def static_explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes]) -> widgets.VBox:
     """Kernel-free explorer: a slider over the recipes, each a precomputed figure and line."""
-    recipes = [r for r in rows if r["groups"] is not None]
-    views = [widgets.VBox([widgets.HTML(describe(r)),
-                           widgets.Image(value=pictures[r["label"]], format="png",
+    by_label = {r.method: r for r in records}
+    labels = list(combo_configs())
+    views = [widgets.VBox([widgets.HTML(describe(by_label[label])),
+                           widgets.Image(value=pictures[label], format="png",
                                          layout=widgets.Layout(width="820px"))])
-             for r in recipes]
-    return linked_views([r["label"] for r in recipes], views, "recipe")
-
-
-class _OperatorLog(TorchDispatchMode):
-    """Record the name of every operator that reaches PyTorch's dispatcher."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
-
-def operator_log(fn: Callable[[], object]) -> list[str]:
-    """The operators ``fn()`` calls, in order, e.g. ``["aten::linear"]`` for a float Linear.
-
-    Each entry is one call into PyTorch's dispatcher (``aten::`` for core ops, ``quantized::``
-    for the eager quantized kernels, ``torchao::`` for torchao's own): eager PyTorch runs each
-    as a separate kernel, reading its inputs from memory and writing its output back. Views
-    (``aten::t``, ``aten::reshape``) are listed too, though they move no data.
-    """
-    with torch.inference_mode(), _OperatorLog() as log:
-        fn()
-    return log.names
+             for label in labels]
+    return linked_views(labels, views, "recipe")

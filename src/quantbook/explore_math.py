@@ -1,7 +1,8 @@
-"""Chapter 02 helpers: SQNR sweeps, the uniform-noise model, storage, figures and the explorer.
+"""Chapter 02 helpers: SQNR sweeps, the uniform-noise model, figures and the explorer.
 
-The quantization itself lives in :mod:`quantbook.affine`; this module measures it on real weight
-matrices and draws what it does. Every quantizer here uses min-max ranges unless a
+The quantization itself lives in :mod:`quantbook.affine` and what its codes and scales take to
+store in :func:`quantbook.packing.storage_bytes`; this module measures the error on real weight
+matrices and draws what quantization does. Every quantizer here uses min-max ranges unless a
 :class:`~quantbook.affine.QuantSpec` says otherwise.
 """
 
@@ -16,7 +17,6 @@ import torch
 from torch import nn
 
 from quantbook import affine
-from quantbook.packing import packed_nbytes
 from quantbook.widgets import image_view, linked_views
 
 BITS = tuple(range(2, 9))
@@ -29,6 +29,7 @@ MATRICES = (
     "encoder.layer.5.intermediate.dense.weight",
     "encoder.layer.0.output.dense.weight",
 )
+# granularity -> its label in tables, legends and controls
 GRANULARITY_LABELS = {"tensor": "per tensor", "channel": "per channel", "group": "per group"}
 
 
@@ -131,29 +132,6 @@ def offset_db(peak_to_rms: float, bits: int) -> float:
     return levels_db + 10 * math.log10(3) - 20 * math.log10(peak_to_rms)
 
 
-def storage_bytes(shape: Sequence[int], spec: affine.QuantSpec) -> int:
-    """Bytes to store a weight of ``shape``: packed codes plus one scale (float32) per slice.
-
-    Asymmetric slices also store a zero point, one byte each (it lies in ``[0, 2**bits)``).
-    Channels lie along ``spec.axis``; groups along the last dimension. Example: a (4, 64)
-    weight at 4 bits, symmetric, per channel: 128 bytes of codes + 4 * 4 of scales = 144.
-    """
-    numel = math.prod(shape)
-    if spec.granularity == "tensor":
-        n_slices = 1
-    elif spec.granularity == "channel":
-        n_slices = shape[spec.axis]
-    else:
-        if shape[-1] % spec.group_size:
-            raise ValueError(
-                f"group_size={spec.group_size} does not divide the last dim {shape[-1]} of "
-                f"shape {tuple(shape)}: choose a divisor of {shape[-1]}"
-            )
-        n_slices = numel // spec.group_size
-    per_slice = 4 + (1 if spec.scheme == "asymmetric" else 0)
-    return packed_nbytes(numel, spec.bits) + n_slices * per_slice
-
-
 def plot_sqnr_vs_bits(curves: Mapping[str, Sequence[float]], title: str,
                       predicted: Mapping[str, Sequence[float]] | None = None,
                       bits: Sequence[int] = BITS) -> plt.Figure:
@@ -167,7 +145,7 @@ def plot_sqnr_vs_bits(curves: Mapping[str, Sequence[float]], title: str,
         ax.plot([], [], "k--", alpha=0.7, label="uniform-noise model")
     ax.set(xlabel="bit width (bits)", ylabel="SQNR (dB)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     return fig
 
 
@@ -180,7 +158,7 @@ def plot_ranges(x: torch.Tensor, ranges: Mapping[str, tuple[float, float]], titl
         ax.axvline(lo, color=f"C{i}", ls="--", label=label)
         ax.axvline(hi, color=f"C{i}", ls="--")
     ax.set(xlabel=unit, ylabel="count (log scale)", title=title)
-    ax.legend(fontsize=8)
+    ax.legend()
     return fig
 
 
@@ -289,8 +267,18 @@ def explorer(matrices: Mapping[str, torch.Tensor], bits: int = 4, scheme: str = 
 def static_explorer(
     x: torch.Tensor, name: str, scheme: str, granularity: str,
     bits: Sequence[int] = BITS, group_size: int = DEFAULT_GROUP_SIZE,
+    start_bits: int | None = None,
 ) -> widgets.VBox:
-    """Kernel-free explorer: a bits slider over precomputed :func:`plot_grid` figures."""
+    """Kernel-free explorer: a bits slider over precomputed :func:`plot_grid` figures.
+
+    ``bits`` are the slider's bit widths, ascending; it starts at ``start_bits`` (one of them;
+    by default the first).
+    """
+    bits = list(bits)
+    if start_bits is not None and start_bits not in bits:
+        raise ValueError(f"start_bits={start_bits!r} is not one of bits={bits}: start at a bit "
+                         "width the slider offers")
     views = [image_view(plot_grid(x, make_spec(b, scheme, granularity, group_size), name)[0])
              for b in bits]
-    return linked_views([f"{b} bits" for b in bits], views, "bit width")
+    start = 0 if start_bits is None else bits.index(start_bits)
+    return linked_views([f"{b} bits" for b in bits], views, "bit width", start)

@@ -17,40 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantbook.checkpoint import load_tensors, save_tensors
+from quantbook.tokenizer import CharTokenizer
+
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).parent / "checkpoints" / "gpt_lee.safetensors"
 FORMAT = "quantbook-gpt/1"
-
-
-class CharTokenizer:
-    """One token per character; id 0 is the unknown token for characters unseen in training.
-
-    Example: ``CharTokenizer.from_text("abba").encode("abc") == [1, 2, 0]``.
-    """
-
-    UNK = "\ufffd"  # decoded form of the unknown token (the Unicode replacement character)
-
-    def __init__(self, chars: Sequence[str]):
-        if not chars or chars[0] != self.UNK or len(set(chars)) != len(chars):
-            raise ValueError("chars must start with CharTokenizer.UNK and hold no duplicates: "
-                             "build it with CharTokenizer.from_text(text)")
-        self.chars = list(chars)
-        self._ids = {c: i for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        """Build the vocabulary: the unknown token, then the sorted distinct characters of text."""
-        return cls([cls.UNK, *sorted(set(text) - {cls.UNK})])
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        return [self._ids.get(c, 0) for c in text]
-
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        return "".join(self.chars[i] for i in ids)
 
 
 @dataclass(frozen=True)
@@ -264,23 +235,19 @@ def save_checkpoint(model: GPT, tokenizer: CharTokenizer, path: str | pathlib.Pa
                     metrics: dict, *, seed: int | None = None) -> pathlib.Path:
     """Write the weights and everything needed to rebuild the model to one safetensors file.
 
+    The write is atomic (:func:`quantbook.checkpoint.save_tensors`).
+
     The metadata holds ``config`` (JSON), ``vocab`` (JSON list of characters), ``metrics``
     (JSON), ``seed`` and ``torch_version``.
     """
-    from safetensors.torch import save_file
-
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's "
                          f"vocab_size={model.config.vocab_size}: save the tokenizer it was "
                          "trained with")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(asdict(model.config)),
                 "vocab": json.dumps(tokenizer.chars), "metrics": json.dumps(metrics),
                 "seed": json.dumps(seed), "torch_version": torch.__version__}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    return save_tensors(model.state_dict(), path, metadata)
 
 
 def load_gpt(path: str | pathlib.Path | None = None) -> tuple[GPT, CharTokenizer, dict]:
@@ -294,15 +261,9 @@ def load_gpt(path: str | pathlib.Path | None = None) -> tuple[GPT, CharTokenizer
         ValueError: the tensors do not match the stored config (missing or unexpected keys,
             wrong shapes) - rebuild the checkpoint with ``make checkpoint``.
     """
-    from safetensors import safe_open
-
     path = pathlib.Path(path) if path is not None else DEFAULT_CHECKPOINT
     fix = "rebuild it with `make checkpoint`"
-    if not path.is_file():
-        raise FileNotFoundError(f"no GPT checkpoint at {path}: {fix}")
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, raw = load_tensors(path, fix)
     if raw.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={raw.get('format')!r}): "
                          f"{fix}")

@@ -77,6 +77,37 @@ def cpu_features(cpuinfo: str | None = None) -> dict[str, bool]:
     return {name: any(s in flags for s in spellings) for name, spellings in FEATURE_FLAGS.items()}
 
 
+# FBGEMM (the eager int8 kernels on x86) reads this to cap the instruction set it uses
+FBGEMM_ISA_ENV = "FBGEMM_ENABLE_INSTRUCTIONS"
+# the settings under which the book's stored outputs are computed and compared (Makefile's
+# `notebooks` and `nbval`): every x86-64 CPU with AVX2 then runs the same kernels - ATen's and
+# inductor's vector code, FBGEMM's and oneDNN's int8 kernels - so results agree across AVX2,
+# AVX-512 and VNNI machines; readers running a notebook themselves get their CPU's fastest kernels
+REPRODUCIBLE = {"ATEN_CPU_CAPABILITY": "avx2", FBGEMM_ISA_ENV: "AVX2",
+                "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# the instructions that multiply-accumulate int8 in one step (x86: VNNI or AMX; ARM: SDOT)
+INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def has_int8_dot_product(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has a fused int8 dot-product instruction (see :data:`INT8_DOT_PRODUCT`).
+
+    Quantized kernels (FBGEMM, oneDNN, QNNPACK) gain most from int8 where the CPU has one;
+    with AVX2 alone, int8 matrix products run at about the speed of float32 ones. Chapters use
+    this to state, and check, the condition a speed-up depends on.
+
+    Returns ``False`` where ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` keeps FBGEMM on its AVX2
+    kernels, whatever the CPU has.
+
+    Args:
+        cpuinfo: text of ``/proc/cpuinfo``; ``None`` reads the real file.
+    """
+    if os.environ.get(FBGEMM_ISA_ENV, "").strip().upper() == "AVX2":
+        return False  # FBGEMM told to use its AVX2 kernels (`make nbval` does, see REPRODUCIBLE)
+    features = cpu_features(cpuinfo)
+    return any(features[name] for name in INT8_DOT_PRODUCT)
+
+
 def _version(package: str) -> str:
     # importlib.metadata, not `import torchao`: importing torchao writes to stderr
     try:

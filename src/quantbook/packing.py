@@ -12,12 +12,16 @@ Codes are *unsigned*, in ``[0, 2**bits)``. Signed symmetric codes in
 (and does nothing for asymmetric codes), ``from_unsigned`` undoes it.
 """
 
+import math
+from collections.abc import Sequence
+
 import torch
 
-from quantbook.affine import SCHEMES, check_bits, check_choice
+from quantbook.affine import QuantSpec
+from quantbook.grid import SCHEMES, check_bits, check_choice, check_group_size
 
 
-def packed_nbytes(numel: int, bits: int) -> int:
+def packed_bytes(numel: int, bits: int) -> int:
     """Bytes needed for ``numel`` codes of ``bits`` bits: ``ceil(numel * bits / 8)``."""
     check_bits(bits)
     if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
@@ -64,7 +68,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         bits: code width, 2..8.
 
     Returns:
-        uint8 tensor of ``packed_nbytes(codes.numel(), bits)`` bytes.
+        uint8 tensor of ``packed_bytes(codes.numel(), bits)`` bytes.
     """
     check_bits(bits)
     _check_codes(codes)
@@ -85,7 +89,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     words = (groups << shifts).sum(dim=1)  # (n_words,): 8 codes = `bits` bytes, < 2**56
     byte_shifts = torch.arange(bits, device=flat.device) * 8
     packed = ((words[:, None] >> byte_shifts) & 0xFF).to(torch.uint8)  # (n_words, bits)
-    return packed.reshape(-1)[: packed_nbytes(numel, bits)]
+    return packed.reshape(-1)[: packed_bytes(numel, bits)]
 
 
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -96,7 +100,7 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         bits: code width used by ``pack``.
         numel: how many codes to read.
     """
-    nbytes = packed_nbytes(numel, bits)
+    nbytes = packed_bytes(numel, bits)
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', packed)!r}")
     if packed.ndim != 1:
@@ -116,3 +120,22 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     shifts = torch.arange(8, device=flat.device) * bits
     codes = (words[:, None] >> shifts) & (2**bits - 1)  # (n_words, 8 codes)
     return codes.reshape(-1)[:numel].to(torch.int32)
+
+
+def storage_bytes(shape: Sequence[int], spec: QuantSpec) -> int:
+    """Bytes to store a weight of ``shape``: packed codes plus one scale (float32) per slice.
+
+    Asymmetric slices also store a zero point, one byte each (it lies in ``[0, 2**bits)``).
+    Channels lie along ``spec.axis``; groups along the last dimension. Example: a (4, 64)
+    weight at 4 bits, symmetric, per channel: 128 bytes of codes + 4 * 4 of scales = 144.
+    """
+    numel = math.prod(shape)
+    if spec.granularity == "tensor":
+        n_slices = 1
+    elif spec.granularity == "channel":
+        n_slices = shape[spec.axis]
+    else:
+        check_group_size(spec.group_size, shape[-1], f"the last dim of shape {tuple(shape)}")
+        n_slices = numel // spec.group_size
+    per_slice = 4 + (1 if spec.scheme == "asymmetric" else 0)
+    return packed_bytes(numel, spec.bits) + n_slices * per_slice

@@ -15,8 +15,10 @@ page and make the stored outputs unstable. Three sources are known, each explain
 Any *other* warning still shows.
 """
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 
 # (category, regular expression matched against the start of the message)
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
@@ -36,3 +38,11 @@ def silence_known_noise() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for category, message in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+@contextlib.contextmanager
+def quiet_torch_ao() -> Iterator[None]:
+    """Run torch.ao / torchao calls without letting their known warnings reach the caller."""
+    with warnings.catch_warnings():
+        silence_known_noise()
+        yield

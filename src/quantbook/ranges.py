@@ -11,7 +11,7 @@ zero_point (widening the range to hold 0 first).
 
 import torch
 
-from quantbook.affine import (
+from quantbook.grid import (
     SCHEMES,
     check_choice,
     check_float_tensor,

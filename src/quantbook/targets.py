@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from torch import nn
 
 GROUPS = ("attention", "ffn", "embeddings", "head")
-# group -> the module type its members must have
-_GROUP_TYPES: dict[str, type[nn.Module]] = {
+# group -> the module type its members have in the float model
+GROUP_TYPES: dict[str, type[nn.Module]] = {
     "attention": nn.Linear,
     "ffn": nn.Linear,
     "embeddings": nn.Embedding,
@@ -78,42 +78,47 @@ def model_family(model: nn.Module) -> str:
     )
 
 
-def _normalize_groups(groups: str | Iterable[str]) -> list[str]:
+def check_groups(groups: str | Iterable[str], name: str = "groups") -> list[str]:
+    """Validate group names; return them as a list without repeats (a string is one group).
+
+    ``name`` is the argument or field the groups came from, for the messages (``"targets"``).
+    """
+    original = groups
     if isinstance(groups, str):
         groups = [groups]  # a single group name is accepted as a one-element list
     try:
         groups = list(groups)
     except TypeError:
         raise TypeError(
-            f"groups={groups!r} is not supported: pass a list of group names such as "
-            "['attention', 'ffn']"
+            f"{name}={original!r} is not supported: pass a tuple of group names such as "
+            "('attention', 'ffn')"
         ) from None
     if not groups:
-        raise ValueError(f"groups=[] is empty: choose at least one of {', '.join(GROUPS)}")
+        raise ValueError(f"{name}={original!r} is empty: choose at least one of "
+                         f"{', '.join(GROUPS)}")
     for group in groups:
         if not isinstance(group, str):
             raise TypeError(
-                f"groups={groups!r} holds a {type(group).__name__}: expected group names "
+                f"{name}={original!r} holds a {type(group).__name__}: expected group names "
                 f"(str), choose from {', '.join(GROUPS)}"
             )
         if group not in GROUPS:
+            hint = (f"; {group!r} looks like a module name: pass modules=({group!r},) to "
+                    "quantize named modules" if "." in group else "")
             raise ValueError(
-                f"groups={groups!r} names an unknown group {group!r}: "
-                f"choose from {', '.join(GROUPS)}"
+                f"{name}={original!r} names an unknown group {group!r}: "
+                f"choose from {', '.join(GROUPS)}{hint}"
             )
     return list(dict.fromkeys(groups))  # drop repeats, keep order
 
 
 def _matches(model: nn.Module, family: str, group: str) -> list[str]:
+    """Names of the group's modules, matched by name only: a quantized module keeps its place
+    (and its name), so that the methods can tell "already quantized" from "absent"."""
     pattern = _PATTERNS[family][group]
     if pattern is None:
         return []
-    kind = _GROUP_TYPES[group]
-    return [
-        name
-        for name, module in model.named_modules()
-        if re.fullmatch(pattern, name) and isinstance(module, kind)
-    ]
+    return [name for name, _ in model.named_modules() if re.fullmatch(pattern, name)]
 
 
 def list_targets(model: nn.Module) -> dict[str, list[str]]:
@@ -126,9 +131,8 @@ def resolve_targets(model: nn.Module, groups: str | Iterable[str]) -> dict[str, 
     """Map each requested group to the fully qualified names of its modules in ``model``.
 
     Args:
-        model: quantbook's GPT or MiniLM's ``BertModel`` (before quantization: the members of
-            ``attention``, ``ffn`` and ``head`` must still be ``nn.Linear``, those of
-            ``embeddings`` ``nn.Embedding``).
+        model: quantbook's GPT or MiniLM's ``BertModel``. Members are found by name, so a
+            quantized copy lists its quantized modules in their places.
         groups: group names from :data:`GROUPS`, e.g. ``["attention", "ffn"]``. A single
             string is accepted as one group.
 
@@ -139,15 +143,15 @@ def resolve_targets(model: nn.Module, groups: str | Iterable[str]) -> dict[str, 
         ValueError: an unknown group, an empty list, or a group with no module in this model.
         TypeError: ``groups`` is not a string or a list of strings, or the model is unsupported.
     """
-    wanted = _normalize_groups(groups)
+    wanted = check_groups(groups)
     family = model_family(model)
     resolved = {}
     for group in wanted:
         names = _matches(model, family, group)
         if not names:
             reason = _NO_GROUP_REASON.get((family, group)) or (
-                f"no {_GROUP_TYPES[group].__name__} of this {type(model).__name__} matches "
-                f"{_PATTERNS[family][group]!r} (was it already quantized?)"
+                f"no module of this {type(model).__name__} is named like "
+                f"{_PATTERNS[family][group]!r}"
             )
             available = [g for g in GROUPS if _matches(model, family, g)]
             raise ValueError(

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import torch
 
 from quantbook.data import TextSplit, lee_split
-from quantbook.gpt import GPT, CharTokenizer, GPTConfig, perplexity
+from quantbook.gpt import GPT, GPTConfig, perplexity
 from quantbook.measure import num_threads
+from quantbook.tokenizer import CharTokenizer
 
 
 @dataclass(frozen=True)

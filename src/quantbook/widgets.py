@@ -31,7 +31,7 @@ def figure_png(fig: plt.Figure, dpi: int = 100) -> bytes:
 
 
 def linked_views(
-    labels: Sequence[str], views: Sequence[widgets.Widget], description: str
+    labels: Sequence[str], views: Sequence[widgets.Widget], description: str, start: int = 0
 ) -> widgets.VBox:
     """A slider that switches among precomputed views in the browser, without a kernel.
 
@@ -39,6 +39,7 @@ def linked_views(
         labels: one label per view, in slider order (e.g. ``["2 bits", "3 bits", ...]``).
         views: the widgets to show, one per label (``widgets.Image`` of a figure, ``widgets.HTML``).
         description: the slider's caption.
+        start: the index of the view shown first (the one the prose discusses).
 
     Returns:
         A ``VBox`` holding the slider and a ``Stack`` of the views, linked by ``jslink``
@@ -53,12 +54,14 @@ def linked_views(
         )
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels={labels} repeats a label: each view needs its own label")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(labels):
+        raise ValueError(f"start={start!r} is not an index of labels: choose 0..{len(labels) - 1}")
     slider = widgets.SelectionSlider(
-        options=labels, value=labels[0], description=description,
+        options=labels, value=labels[start], description=description,
         continuous_update=True, style={"description_width": "initial"},
         layout=widgets.Layout(width="420px"),
     )
-    stack = widgets.Stack(children=views, selected_index=0)
+    stack = widgets.Stack(children=views, selected_index=start)
     # jslink runs in the browser: it keeps working on the static page
     link = widgets.jslink((slider, "index"), (stack, "selected_index"))
     box = widgets.VBox([slider, stack])

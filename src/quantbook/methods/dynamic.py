@@ -4,7 +4,7 @@ Dynamic quantization stores each targeted ``nn.Linear`` weight in int8 (or float
 the *activations* on the fly: every call measures the input's range and picks a fresh scale and
 zero point (see :func:`dynamic_activation_qparams`). No calibration data is needed.
 
-``quantize_dynamic`` fails silently in two ways, and :func:`quantize_dynamic_model` guards both:
+``quantize_dynamic`` fails silently in two ways, and :func:`quantize_dynamic` guards both:
 
 * a module that is not named in ``qconfig_spec`` (or whose *type* is not, e.g.
   ``nn.MultiheadAttention``'s ``out_proj``, a ``NonDynamicallyQuantizableLinear``) is left in
@@ -16,46 +16,39 @@ zero point (see :func:`dynamic_activation_qparams`). No calibration data is need
 
 Two bugs of the pinned torch 2.13 are worked around here: the x86 kernels are CPU-only (a CUDA
 model fails deep inside with "Could not run 'quantized::linear_dynamic' ... 'CUDA' backend", so
-we refuse it up front), and ``nnq.Embedding.from_float`` forgets the 4-bit dtype of its packed
-weight, so the converted module would read 4-bit rows as 8-bit ones and return vectors of the
-wrong width (28 values instead of 64, say); we set the dtype it forgot.
+:func:`quantbook.validate.check_model` refuses it up front), and ``nnq.Embedding.from_float``
+forgets the 4-bit dtype of its packed weight, so the converted module would read 4-bit rows as
+8-bit ones and return vectors of the wrong width (28 values instead of 64, say); we set the
+dtype it forgot.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from quantbook.methods.report import QuantReport, float_leaf_modules
-from quantbook.quiet import silence_known_noise
-from quantbook.targets import resolve_targets
+from quantbook.methods.base import MethodConfig, QuantReport, finish, select
+from quantbook.quiet import quiet_torch_ao
+from quantbook.validate import check_model
 
 GRANULARITIES = ("tensor", "channel")
 DTYPES = ("int8", "float16")
 EMBEDDING_BITS = (None, 8, 4)
-_MHA_REASON = (
-    "inside nn.MultiheadAttention, whose forward reads out_proj.weight directly and keeps the "
-    "input projection as a bare Parameter, so no part of it can be swapped for a quantized module"
-)
 _SMALL_SCALE = float(np.float32(6.1e-5))  # ATen's SMALL_SCALE_THRESHOLD
-_CUDA_ERROR = "Could not run 'quantized::linear_dynamic' with arguments from the 'CUDA' backend"
 
 
 @dataclass(frozen=True)
-class DynamicConfig:
+class DynamicConfig(MethodConfig):
     """What to quantize dynamically, and how.
 
     Attributes:
-        targets: module groups from :data:`quantbook.targets.GROUPS` whose ``nn.Linear`` layers
-            are quantized; embeddings are controlled by ``embeddings_bits``. ``"head"`` exists for
-            the GPT only (MiniLM has none), so the default leaves it out to work on both.
+        targets: Linear groups of :data:`quantbook.targets.GROUPS` (embeddings are controlled by
+            ``embeddings_bits``). ``"head"`` exists for the GPT only (MiniLM has none), so the
+            default leaves it out to work on both.
         granularity: ``"tensor"`` (one weight scale per matrix, ``default_dynamic_qconfig``) or
             ``"channel"`` (one per output row, ``per_channel_dynamic_qconfig``); int8 only.
         dtype: ``"int8"`` (int8 weights, int8 activations chosen per call) or ``"float16"``
@@ -66,100 +59,49 @@ class DynamicConfig:
             weight-only quantization.
     """
 
-    targets: tuple[str, ...] = ("attention", "ffn")
     granularity: str = "tensor"
     dtype: str = "int8"
     embeddings_bits: int | None = None
 
-    def __post_init__(self):
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        object.__setattr__(self, "targets", targets)
-        if "embeddings" in targets:
+    family: ClassVar[str] = "dynamic (eager)"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "embeddings" in self.targets:
             raise ValueError(
-                f"targets={targets!r} names 'embeddings': embedding tables are not dynamically "
-                "quantized like Linear layers; set embeddings_bits=8 or 4 instead"
-            )
-        for name, value, choices in (
-            ("granularity", self.granularity, GRANULARITIES),
-            ("dtype", self.dtype, DTYPES),
-        ):
+                f"targets={self.targets!r} names 'embeddings': embedding tables are not "
+                "dynamically quantized like Linear layers; set embeddings_bits=8 or 4 instead")
+        for name, value, choices in (("granularity", self.granularity, GRANULARITIES),
+                                     ("dtype", self.dtype, DTYPES)):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not supported: choose one of {choices}")
         if self.dtype == "float16" and self.granularity != "tensor":
             raise ValueError(
                 f"granularity={self.granularity!r} needs dtype='int8': float16 weights have no "
-                "scale to share; use granularity='tensor' with dtype='float16'"
-            )
+                "scale to share; use granularity='tensor' with dtype='float16'")
         if isinstance(self.embeddings_bits, bool) or self.embeddings_bits not in EMBEDDING_BITS:
             raise ValueError(
-                f"embeddings_bits={self.embeddings_bits!r} is not supported: choose None, 8 or 4"
-            )
+                f"embeddings_bits={self.embeddings_bits!r} is not supported: choose None, 8 or 4")
+        kinds = (nn.Linear,) if self.embeddings_bits is None else (nn.Linear, nn.Embedding)
+        object.__setattr__(self, "kinds", kinds)
+
+    def groups(self) -> tuple[str, ...]:
+        return self.targets + (("embeddings",) if self.embeddings_bits is not None else ())
+
+    def kind_hint(self, module: nn.Module) -> str:
+        if isinstance(module, nn.Embedding) and self.embeddings_bits is None:
+            return "; set embeddings_bits=8 or 4 to quantize embedding tables"
+        return ""
 
     @property
-    def method(self) -> str:
-        """A short name for reports, e.g. ``"dynamic int8 per-channel, embeddings 4-bit"``."""
+    def label(self) -> str:
+        """E.g. ``"dynamic int8 per-channel, embeddings 4-bit"``."""
         name = f"dynamic {self.dtype}"
         if self.dtype == "int8":
             name += f" per-{self.granularity}"
         if self.embeddings_bits is not None:
             name += f", embeddings {self.embeddings_bits}-bit"
         return name
-
-
-@contextlib.contextmanager
-def quiet_torch_ao() -> Iterator[None]:
-    """Run torch.ao / torchao calls without letting their known warnings reach the caller."""
-    with warnings.catch_warnings():
-        silence_known_noise()
-        yield
-
-
-def check_cpu(model: nn.Module, method: str) -> None:
-    """Raise ``ValueError`` if any parameter or buffer of ``model`` is not on the CPU."""
-    devices = sorted({t.device.type for t in [*model.parameters(), *model.buffers()]} - {"cpu"})
-    if devices:
-        raise ValueError(
-            f"{method}: the model has tensors on {', '.join(devices)}, but eager quantized "
-            f"kernels run on the CPU only (PyTorch would fail later with \"{_CUDA_ERROR}\"): "
-            "quantize model.cpu(), or on a GPU use torchao's Int8DynamicActivationInt8WeightConfig "
-            "(quantbook.methods.torchao_dynamic)"
-        )
-
-
-def target_names(model: nn.Module, groups: Iterable[str], modules: Iterable[str] | None,
-                 exclude: Iterable[str]) -> tuple[list[str], set[str]]:
-    """Resolve the module names to quantize: explicit ``modules`` or the ``groups``' members.
-
-    Returns:
-        ``(names, excluded)``, names in model order without repeats; every name exists.
-    """
-    available = dict(model.named_modules())
-    if modules is None:
-        names = [n for members in resolve_targets(model, groups).values() for n in members]
-    else:
-        if isinstance(modules, str):
-            raise TypeError(f"modules={modules!r} is a single string: pass a list of names")
-        names = list(modules)
-    excluded = set([exclude] if isinstance(exclude, str) else exclude)
-    for label, values in (("modules", names), ("exclude", excluded)):
-        unknown = [n for n in values if n not in available or n == ""]
-        if unknown:
-            raise ValueError(
-                f"{label} names {unknown[:3]} that are not submodules of this "
-                f"{type(model).__name__}: use names from dict(model.named_modules()), e.g. "
-                f"{[n for n in available if n][:2]}"
-            )
-    return list(dict.fromkeys(names)), excluded
-
-
-def mha_members(model: nn.Module) -> set[str]:
-    """Names of all modules that live inside an ``nn.MultiheadAttention``."""
-    inside = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
-            prefix = f"{name}." if name else ""
-            inside.update(prefix + child for child, _ in module.named_modules() if child)
-    return inside
 
 
 def _qconfigs(config: DynamicConfig) -> dict[type[nn.Module], object]:
@@ -176,30 +118,7 @@ def _qconfigs(config: DynamicConfig) -> dict[type[nn.Module], object]:
     return {nn.Linear: linear, nn.Embedding: embedding}
 
 
-def _plan(model: nn.Module, names: list[str], excluded: set[str],
-          config: DynamicConfig) -> tuple[dict[str, object], list[tuple[str, str]]]:
-    """Split the targeted names into ``{name: qconfig}`` and ``[(name, reason)]`` skipped."""
-    qconfigs = _qconfigs(config)
-    inside_mha = mha_members(model)
-    spec, skipped = {}, []
-    for name in names:
-        module = model.get_submodule(name)
-        kind = nn.Linear if isinstance(module, nn.Linear) else type(module)
-        if name in excluded:
-            skipped.append((name, "excluded: kept in float on request"))
-        elif name in inside_mha:
-            skipped.append((name, _MHA_REASON))
-        elif kind not in qconfigs:
-            skipped.append((name, f"a {type(module).__name__}: only nn.Linear and nn.Embedding "
-                                  "have dynamic/weight-only quantized versions"))
-        elif qconfigs[kind] is None:
-            skipped.append((name, "an nn.Embedding and embeddings_bits=None"))
-        else:
-            spec[name] = qconfigs[kind]
-    return spec, skipped
-
-
-def _fix_4bit_embeddings(model: nn.Module, names: Iterable[str]) -> None:
+def _fix_4bit_embeddings(model: nn.Module, names: list[str]) -> None:
     """Set the 4-bit dtype that ``nnq.Embedding.from_float`` forgets (torch 2.13)."""
     for name in names:
         module = model.get_submodule(name)
@@ -207,70 +126,38 @@ def _fix_4bit_embeddings(model: nn.Module, names: Iterable[str]) -> None:
         module._packed_params.dtype = torch.quint4x2
 
 
-def quantize_dynamic_model(model: nn.Module, config: DynamicConfig | None = None, *,
-                           modules: Iterable[str] | None = None,
-                           exclude: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
+def quantize_dynamic(model: nn.Module, config: DynamicConfig = DynamicConfig()
+                     ) -> tuple[nn.Module, QuantReport]:
     """Return a dynamically quantized copy of ``model`` and a report of what really changed.
 
     Args:
-        model: a float model on the CPU (quantbook's GPT or MiniLM for group ``targets``; any
-            model when ``modules`` names the layers). It is not modified.
-        config: the recipe; ``DynamicConfig()`` by default.
-        modules: explicit module names to quantize instead of ``config.targets`` (e.g. one
-            layer for a sensitivity scan). Embeddings among them need ``embeddings_bits``.
-        exclude: module names to keep in float (e.g. a mixed-precision plan).
+        model: a float32 model on the CPU (quantbook's GPT or MiniLM for group ``targets``;
+            any model when ``config.modules`` names the layers). It is not modified.
+        config: the recipe.
 
     Returns:
         ``(quantized_copy, report)``; ``report.converted`` lists the modules that were really
         swapped (``DynamicQuantizedLinear`` / ``QuantizedEmbedding``), ``report.skipped`` the
-        targeted ones left float with the reason.
-
-    Raises:
-        ValueError: a parameter is off the CPU, a name is unknown, or nothing was converted.
+        selected ones left float with the reason.
     """
     from torch.ao.nn import quantized as nnq
     from torch.ao.nn.quantized import dynamic as nnqd
 
-    config = DynamicConfig() if config is None else config
     if not isinstance(config, DynamicConfig):
         raise TypeError(f"config is a {type(config).__name__}: expected a DynamicConfig")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model is a {type(model).__name__}: expected a torch.nn.Module")
-    check_cpu(model, config.method)
-    groups = config.targets
-    if modules is None and config.embeddings_bits is not None:
-        groups = (*groups, "embeddings")
-    names, excluded = target_names(model, groups, modules, exclude)
-    spec, skipped = _plan(model, names, excluded, config)
+    check_model(model, config.label)
+    selection = select(model, config)
+    qconfigs = _qconfigs(config)
+    spec = {name: qconfigs[type(model.get_submodule(name))] for name in selection.chosen}
     with quiet_torch_ao():
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import quantize_dynamic as torch_quantize_dynamic
 
-        quantized = quantize_dynamic(model, spec, inplace=False) if spec else copy.deepcopy(model)
-    _fix_4bit_embeddings(quantized, [n for n in spec if config.embeddings_bits == 4
-                                     and isinstance(model.get_submodule(n), nn.Embedding)])
-    converted = []
-    for name in spec:
-        is_linear = isinstance(model.get_submodule(name), nn.Linear)
-        expected = nnqd.Linear if is_linear else nnq.Embedding
-        actual = type(quantized.get_submodule(name))
-        if actual is expected:
-            converted.append(name)
-        else:
-            skipped.append((name, f"PyTorch left it as {actual.__name__}"))
-    if not converted:
-        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3]) or "no module was targeted"
-        raise ValueError(
-            f"{config.method} converted no module for targets={groups!r}, "
-            f"modules={None if modules is None else names!r}: {reasons}. Quantizing nothing "
-            "leaves the model float and unchanged; target plain nn.Linear layers (check "
-            "quantbook.targets.list_targets(model)) or, for nn.MultiheadAttention, rewrite the "
-            "attention with separate nn.Linear projections"
-        )
-    quantized.eval()
-    report = QuantReport(method=config.method, converted=tuple(converted),
-                         skipped=tuple(skipped),
-                         float_modules=float_leaf_modules(quantized, converted))
-    return quantized, report
+        quantized = torch_quantize_dynamic(model, spec, inplace=False)
+    if config.embeddings_bits == 4:
+        _fix_4bit_embeddings(quantized, [n for n in spec
+                                         if isinstance(model.get_submodule(n), nn.Embedding)])
+    return finish(quantized, config, selection,
+                  lambda m: type(m) in (nnqd.Linear, nnq.Embedding))
 
 
 def dynamic_activation_qparams(x: torch.Tensor, reduce_range: bool = True) -> tuple[float, int]:

@@ -9,38 +9,39 @@ targeted ``nn.Linear`` is wrapped on its own (``QuantWrapper``: quantize -> int8
 dequantize), and every Linear call crosses the float/int8 boundary twice; :func:`count_boundaries`
 counts those crossings.
 
-The flow is ``prepare_static`` (wrap + insert observers) -> :func:`calibrate` (run batches) ->
-``convert_static`` (swap in int8 modules), or in one call :func:`quantize_static`, which uses
-``torch.ao.quantization.quantize(model, run_fn, run_args)`` itself.
+The flow is :func:`prepare_static` (wrap + insert observers) -> :func:`calibrate` (run batches)
+-> :func:`convert_static` (swap in int8 modules), or in one call :func:`quantize_static`.
+``convert_static`` refuses observers that saw no data: torch would convert them with a default
+scale of 1.0 and only a warning, which gives a model of nonsense.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from quantbook.methods.dynamic import check_cpu, mha_members, quiet_torch_ao, target_names
-from quantbook.methods.report import QuantReport
+from quantbook.methods.base import MethodConfig, QuantReport, Selection, finish, select
+from quantbook.quiet import quiet_torch_ao
+from quantbook.validate import check_batches, check_model
 
 OBSERVERS = ("minmax", "moving_average", "histogram")
 GRANULARITIES = ("tensor", "channel")
 # ops that run in float between the quantized Linears, named for reports (they are functions,
 # not modules, so no module list can show them)
 FLOAT_OPS = ("LayerNorm", "GELU", "softmax", "attention matmuls", "residual adds")
-_NO_COMPUTE = (nn.Dropout, nn.Identity)  # leaf modules that do nothing at inference
 
 
 @dataclass(frozen=True)
-class StaticConfig:
+class StaticConfig(MethodConfig):
     """Which Linear layers get int8 activations and weights, and how ranges are observed.
 
     Attributes:
-        targets: module groups from :data:`quantbook.targets.GROUPS` (Linear groups only).
+        targets: Linear groups of :data:`quantbook.targets.GROUPS`.
         observer: how activation ranges are collected: ``"minmax"`` (running min and max),
             ``"moving_average"`` (exponential average of per-batch min/max, less sensitive to
             one outlier batch) or ``"histogram"`` (picks the range that minimises the
@@ -48,27 +49,25 @@ class StaticConfig:
         granularity: weight scales, ``"channel"`` (one per output row) or ``"tensor"``.
     """
 
-    targets: tuple[str, ...] = ("attention", "ffn")
     observer: str = "histogram"  # torch's x86 default qconfig uses it too
     granularity: str = "channel"
 
-    def __post_init__(self):
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        object.__setattr__(self, "targets", targets)
-        if "embeddings" in targets:
+    family: ClassVar[str] = "static (eager)"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "embeddings" in self.targets:
             raise ValueError(
-                f"targets={targets!r} names 'embeddings': static quantization applies to "
-                "Linear layers; choose from 'attention', 'ffn', 'head'"
-            )
-        for name, value, choices in (
-            ("observer", self.observer, OBSERVERS),
-            ("granularity", self.granularity, GRANULARITIES),
-        ):
+                f"targets={self.targets!r} names 'embeddings': static quantization applies to "
+                "Linear layers; choose from 'attention', 'ffn', 'head'")
+        for name, value, choices in (("observer", self.observer, OBSERVERS),
+                                     ("granularity", self.granularity, GRANULARITIES)):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not supported: choose one of {choices}")
 
     @property
-    def method(self) -> str:
+    def label(self) -> str:
+        """E.g. ``"static int8 (histogram observer, per-channel weights)"``."""
         return f"static int8 ({self.observer} observer, per-{self.granularity} weights)"
 
 
@@ -91,60 +90,34 @@ def qconfig(config: StaticConfig):
     return tq.QConfig(activation=activation, weight=weight)
 
 
-def _wrap(model: nn.Module, config: StaticConfig, modules: Iterable[str] | None,
-          exclude: Iterable[str]) -> tuple[nn.Module, list[tuple[str, str]]]:
-    """Deep-copy ``model`` and wrap each targeted Linear in a ``QuantWrapper`` with a qconfig."""
-    from torch.ao.quantization import QuantWrapper
-
-    check_cpu(model, config.method)
-    names, excluded = target_names(model, config.targets, modules, exclude)
-    inside_mha = mha_members(model)
-    wrapped = copy.deepcopy(model).eval()
-    skipped = []
-    with quiet_torch_ao():
-        qc = qconfig(config)
-    for name in names:
-        module = wrapped.get_submodule(name)
-        if name in excluded:
-            skipped.append((name, "excluded: kept in float on request"))
-        elif name in inside_mha:
-            skipped.append((name, "inside nn.MultiheadAttention, which uses its weights "
-                                  "directly, so the Linear cannot be wrapped"))
-        elif type(module) is not nn.Linear:
-            skipped.append((name, f"a {type(module).__name__}: only nn.Linear is wrapped"))
-        else:
-            wrapper = QuantWrapper(module)
-            wrapper.qconfig = qc
-            parent_name, _, child = name.rpartition(".")
-            setattr(wrapped.get_submodule(parent_name), child, wrapper)
-    if len(skipped) == len(names):
-        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3]) or "no Linear was targeted"
-        raise ValueError(f"{config.method} converted no module: {reasons}; target plain "
-                         "nn.Linear layers (see quantbook.targets.list_targets(model))")
-    return wrapped, skipped
-
-
-def prepare_static(model: nn.Module, config: StaticConfig | None = None, *,
-                   modules: Iterable[str] | None = None,
-                   exclude: Iterable[str] = ()) -> nn.Module:
-    """Return a copy of ``model`` with targeted Linears wrapped and observers attached.
+def prepare_static(model: nn.Module, config: StaticConfig = StaticConfig()) -> nn.Module:
+    """Return a copy of ``model`` with the selected Linears wrapped and observers attached.
 
     Args:
-        model: a float CPU model (quantbook's GPT or MiniLM; any model with ``modules``).
-        config: the recipe, ``StaticConfig()`` by default.
-        modules: explicit Linear names instead of ``config.targets``.
-        exclude: Linear names to keep float.
+        model: a float32 CPU model (quantbook's GPT or MiniLM; any model with
+            ``config.modules``). It is not modified.
+        config: the recipe.
 
     Returns:
-        The prepared copy; run :func:`calibrate` on it, then :func:`convert_static`.
+        The prepared copy, in eval mode; run :func:`calibrate` on it, then
+        :func:`convert_static`.
     """
-    config = StaticConfig() if config is None else config
-    wrapped, skipped = _wrap(model, config, modules, exclude)
-    wrapped._quantbook_static = (config, tuple(skipped))  # for convert_static's report
-    with quiet_torch_ao():
-        from torch.ao.quantization import prepare
+    from torch.ao.quantization import QuantWrapper, prepare
 
+    if not isinstance(config, StaticConfig):
+        raise TypeError(f"config is a {type(config).__name__}: expected a StaticConfig")
+    check_model(model, config.label)
+    selection = select(model, config)
+    wrapped = copy.deepcopy(model).eval()
+    with quiet_torch_ao():
+        qc = qconfig(config)
+        for name in selection.chosen:
+            wrapper = QuantWrapper(wrapped.get_submodule(name))
+            wrapper.qconfig = qc
+            parent, _, child = name.rpartition(".")
+            setattr(wrapped.get_submodule(parent), child, wrapper)
         prepare(wrapped, inplace=True)
+    wrapped._quantbook_static = (config, selection)  # for convert_static
     return wrapped
 
 
@@ -156,13 +129,6 @@ def forward_batch(model: nn.Module, batch) -> None:
         model(batch)
 
 
-def run_batches(model: nn.Module, batches: Sequence) -> None:
-    """Calibration ``run_fn`` for ``torch.ao.quantization.quantize``: forward every batch."""
-    with torch.no_grad():  # not inference_mode: observers update their buffers in place
-        for batch in batches:
-            forward_batch(model, batch)
-
-
 def calibrate(prepared: nn.Module, batches: Sequence,
               run_fn: Callable[[nn.Module, object], None] = forward_batch,
               progress: bool | Callable[[int, int], None] | None = None) -> nn.Module:
@@ -170,7 +136,8 @@ def calibrate(prepared: nn.Module, batches: Sequence,
 
     Args:
         prepared: the output of :func:`prepare_static`.
-        batches: calibration inputs, e.g. from :func:`minilm_calibration_batches`.
+        batches: calibration inputs, e.g. from :func:`quantbook.data.minilm_calibration_batches`;
+            checked against the model (shape, dtype, token range) before any runs.
         run_fn: ``run_fn(model, batch)`` runs one batch; the default handles tensors and dicts.
         progress: ``None`` (silent), ``True`` for a ``tqdm.auto`` bar, or a callable
             ``progress(done, total)`` called after each batch.
@@ -178,9 +145,8 @@ def calibrate(prepared: nn.Module, batches: Sequence,
     Returns:
         ``prepared`` itself, calibrated in place.
     """
-    batches = list(batches)
-    if not batches:
-        raise ValueError("batches is empty: pass at least one calibration batch")
+    _require_prepared(prepared, "calibrate")
+    batches = check_batches(prepared, batches)
     if progress is True:
         from tqdm.auto import tqdm
 
@@ -188,7 +154,7 @@ def calibrate(prepared: nn.Module, batches: Sequence,
         report = lambda done, total: bar.update(1)  # noqa: E731
     else:
         bar, report = None, progress
-    with torch.no_grad(), quiet_torch_ao():
+    with torch.no_grad(), quiet_torch_ao():  # not inference_mode: observers update buffers
         for done, batch in enumerate(batches, start=1):
             run_fn(prepared, batch)
             if report is not None:
@@ -198,65 +164,71 @@ def calibrate(prepared: nn.Module, batches: Sequence,
     return prepared
 
 
-def _report(quantized: nn.Module, method: str,
-            skipped: Sequence[tuple[str, str]]) -> QuantReport:
-    from torch.ao.nn import quantized as nnq
-    from torch.ao.quantization import QuantWrapper
+def _require_prepared(prepared: nn.Module, step: str) -> tuple[StaticConfig, Selection]:
+    if not hasattr(prepared, "_quantbook_static"):
+        raise ValueError(f"{step} needs a model from prepare_static: build it with "
+                         "prepared = prepare_static(model, config), run "
+                         "calibrate(prepared, batches), then convert_static(prepared)")
+    return prepared._quantbook_static
 
-    converted, float_modules = [], []
-    for name, module in quantized.named_modules():
-        if isinstance(module, QuantWrapper) and type(module.module) is nnq.Linear:
-            converted.append(name)
-    inside = tuple(f"{n}." for n in converted)
-    for name, module in quantized.named_modules():
-        is_leaf = next(module.children(), None) is None
-        if name and is_leaf and not name.startswith(inside) and not isinstance(module, _NO_COMPUTE):
-            float_modules.append(name)
-    return QuantReport(method=f"{method}; float between them: {', '.join(FLOAT_OPS)}",
-                       converted=tuple(converted), skipped=tuple(skipped),
-                       float_modules=tuple(float_modules))
+
+def unobserved(prepared: nn.Module) -> list[str]:
+    """Names of the observers in ``prepared`` that have seen no data yet."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    return [name for name, module in prepared.named_modules()
+            if isinstance(module, ObserverBase) and hasattr(module, "min_val")
+            and not bool(torch.isfinite(module.min_val).all())]
 
 
 def convert_static(prepared: nn.Module) -> tuple[nn.Module, QuantReport]:
     """Swap the observed Linears for int8 ones; returns ``(quantized_copy, report)``.
 
-    ``report.float_modules`` lists the leaf modules that still run in float (LayerNorm,
-    embeddings, activation modules); the ``method`` line names the functional float ops.
+    ``report.float_modules`` lists the modules with parameters that still run in float
+    (LayerNorm, embeddings); ``report.float_ops`` the float operations between the int8
+    Linears (GELU, softmax, ...).
+
+    Raises:
+        ValueError: ``prepared`` is not from :func:`prepare_static`, or an observer saw no data.
     """
-    if not hasattr(prepared, "_quantbook_static"):
-        raise ValueError("prepared is not a model from prepare_static: build it with "
-                         "prepare_static(model, config), run calibrate(prepared, batches), then "
-                         "convert_static(prepared)")
-    config, skipped = prepared._quantbook_static
+    from torch.ao.nn import quantized as nnq
+
+    config, selection = _require_prepared(prepared, "convert_static")
+    empty = unobserved(prepared)
+    if empty:
+        raise ValueError(
+            f"{len(empty)} observers have seen no data (e.g. {empty[0]!r}): converting now "
+            "would use a default scale of 1.0 and give a model of nonsense; run "
+            "calibrate(prepared, batches) first, with batches that reach every wrapped Linear")
     with quiet_torch_ao():
         from torch.ao.quantization import convert
 
         quantized = convert(prepared, inplace=False)
     del quantized._quantbook_static
-    return quantized, _report(quantized, config.method, skipped)
+    return finish(quantized, config, selection, lambda m: type(m.module) is nnq.Linear,
+                  float_ops=FLOAT_OPS)
 
 
-def quantize_static(model: nn.Module, config: StaticConfig, run_fn: Callable, run_args: tuple,
-                    *, modules: Iterable[str] | None = None,
-                    exclude: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
-    """Wrap, then ``torch.ao.quantization.quantize(model, run_fn, run_args)`` in one call.
+def quantize_static(model: nn.Module, config: StaticConfig, batches: Sequence,
+                    run_fn: Callable[[nn.Module, object], None] = forward_batch
+                    ) -> tuple[nn.Module, QuantReport]:
+    """Prepare, calibrate on ``batches`` and convert in one call.
 
     Args:
-        model: a float CPU model; not modified.
+        model: a float32 CPU model; not modified.
         config: the recipe.
-        run_fn: calibration function called as ``run_fn(prepared_model, *run_args)``, e.g.
-            :func:`run_batches`.
-        run_args: its extra arguments, e.g. ``(batches,)``.
+        batches: calibration inputs (training text, never evaluation text).
+        run_fn: ``run_fn(model, batch)`` runs one batch.
 
     Returns:
         ``(quantized_copy, report)``.
     """
-    wrapped, skipped = _wrap(model, config, modules, exclude)
-    with quiet_torch_ao():
-        from torch.ao.quantization import quantize
-
-        quantized = quantize(wrapped, run_fn, tuple(run_args), inplace=True)
-    return quantized, _report(quantized, config.method, skipped)
+    if not isinstance(config, StaticConfig):
+        raise TypeError(f"config is a {type(config).__name__}: expected a StaticConfig")
+    check_model(model, config.label)
+    batches = check_batches(model, batches)  # a generator is read once, here
+    prepared = calibrate(prepare_static(model, config), batches, run_fn)
+    return convert_static(prepared)
 
 
 def count_boundaries(model: nn.Module, fn: Callable[[], object]) -> dict[str, int]:
@@ -271,6 +243,9 @@ def count_boundaries(model: nn.Module, fn: Callable[[], object]) -> dict[str, in
     from torch.ao.nn import quantized as nnq
     from torch.ao.quantization import DeQuantStub, QuantStub
 
+    if not callable(fn):
+        raise TypeError(f"fn is a {type(fn).__name__}: expected a zero-argument callable, "
+                        "e.g. lambda: model(ids)")
     counts = {"quantize": 0, "dequantize": 0}
     kinds = {nnq.Quantize: "quantize", QuantStub: "quantize",
              nnq.DeQuantize: "dequantize", DeQuantStub: "dequantize"}
@@ -288,47 +263,3 @@ def count_boundaries(model: nn.Module, fn: Callable[[], object]) -> dict[str, in
         for handle in hooks:
             handle.remove()
     return counts
-
-
-def gpt_calibration_batches(tokenizer, block_size: int, n_batches: int = 8,
-                            batch_size: int = 8, seed: int = 0) -> list[torch.Tensor]:
-    """Token windows for calibrating the GPT, from the training text (never evaluation text).
-
-    Windows of ``block_size`` tokens start at distinct random positions of
-    ``quantbook.data.lee_split().train``, drawn with NumPy's generator seeded by ``seed``.
-
-    Returns:
-        ``n_batches`` LongTensors of shape ``(batch_size, block_size)``.
-    """
-    from quantbook.data import lee_split
-
-    ids = torch.tensor(tokenizer.encode(lee_split().train), dtype=torch.long)
-    n_windows = n_batches * batch_size
-    n_starts = ids.numel() - block_size + 1
-    if n_windows > n_starts:
-        raise ValueError(
-            f"n_batches={n_batches} x batch_size={batch_size} windows of {block_size} tokens "
-            f"need {n_windows} start positions, the training text has {max(n_starts, 0)}: "
-            "ask for fewer batches"
-        )
-    starts = np.random.default_rng(seed).choice(n_starts, size=n_windows, replace=False)
-    windows = torch.stack([ids[s : s + block_size] for s in starts.tolist()])  # (N, T)
-    return list(windows.view(n_batches, batch_size, block_size))  # n x (batch, T)
-
-
-def minilm_calibration_batches(tokenizer, n_batches: int = 8, batch_size: int = 8,
-                               seed: int = 0, max_length: int = 256) -> list[dict]:
-    """Tokenized training articles (never the 50 evaluation documents) for MiniLM.
-
-    Returns:
-        ``n_batches`` tokenizer outputs (dicts of ``input_ids``, ``attention_mask``, ...),
-        padded to the longest article of each batch and truncated at ``max_length``.
-    """
-    from quantbook.data import calibration_texts
-
-    texts = calibration_texts(n_batches * batch_size, seed)
-    return [
-        dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
-                       max_length=max_length, return_tensors="pt"))
-        for i in range(0, len(texts), batch_size)
-    ]

@@ -13,80 +13,69 @@ torchao is imported lazily, after :func:`quantbook.quiet.silence_known_noise`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from quantbook.methods.dynamic import mha_members, quiet_torch_ao, target_names
-from quantbook.methods.report import QuantReport, float_leaf_modules
+from quantbook.methods.base import MethodConfig, QuantReport, finish, run_hooked, select
 from quantbook.methods.static import forward_batch
-
-_MHA_REASON = ("inside nn.MultiheadAttention (a NonDynamicallyQuantizableLinear, which "
-               "torchao's own filter skips too)")
-
-
-def _select(model: nn.Module, targets, modules, exclude) -> tuple[list[str], list[tuple]]:
-    names, excluded = target_names(model, targets, modules, exclude)
-    inside_mha = mha_members(model)
-    chosen, skipped = [], []
-    for name in names:
-        module = model.get_submodule(name)
-        if name in excluded:
-            skipped.append((name, "excluded: kept in float on request"))
-        elif name in inside_mha:
-            skipped.append((name, _MHA_REASON))
-        elif type(module) is not nn.Linear:
-            skipped.append((name, f"a {type(module).__name__}: only nn.Linear is quantized"))
-        else:
-            chosen.append(name)
-    return chosen, skipped
+from quantbook.quiet import quiet_torch_ao
+from quantbook.validate import check_batches, check_model
 
 
-def _finish(quantized: nn.Module, chosen: list[str], skipped: list[tuple],
-            method: str) -> tuple[nn.Module, QuantReport]:
+@dataclass(frozen=True)
+class TorchaoDynamicConfig(MethodConfig):
+    """torchao's ``Int8DynamicActivationInt8WeightConfig`` on the selected Linears."""
+
+    family: ClassVar[str] = "dynamic (torchao)"
+
+    @property
+    def label(self) -> str:
+        return "torchao int8 dynamic"
+
+
+@dataclass(frozen=True)
+class TorchaoStaticConfig(MethodConfig):
+    """torchao's ``Int8StaticActivationInt8WeightConfig``, one calibrated scale per Linear."""
+
+    family: ClassVar[str] = "static (torchao)"
+
+    @property
+    def label(self) -> str:
+        return "torchao int8 static"
+
+
+def _is_int8(module: nn.Module) -> bool:
     from torchao.quantization import Int8Tensor
 
-    converted = [n for n in chosen if isinstance(quantized.get_submodule(n).weight, Int8Tensor)]
-    skipped += [(n, "torchao left its weight in float") for n in chosen if n not in converted]
-    if not converted:
-        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3]) or "no Linear was targeted"
-        raise ValueError(f"{method} converted no module: {reasons}; target plain nn.Linear "
-                         "layers (see quantbook.targets.list_targets(model))")
-    report = QuantReport(method=method, converted=tuple(converted), skipped=tuple(skipped),
-                         float_modules=float_leaf_modules(quantized, converted))
-    return quantized, report
+    return isinstance(module.weight, Int8Tensor)
 
 
-def torchao_dynamic(model: nn.Module, targets: Iterable[str] = ("attention", "ffn"), *,
-                    modules: Iterable[str] | None = None,
-                    exclude: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
+def quantize_torchao_dynamic(model: nn.Module,
+                             config: TorchaoDynamicConfig = TorchaoDynamicConfig()
+                             ) -> tuple[nn.Module, QuantReport]:
     """Return a copy with torchao's ``Int8DynamicActivationInt8WeightConfig`` applied by name.
 
-    Args:
-        model: a float model on any device (quantbook's GPT or MiniLM for group ``targets``).
-            It is not modified.
-        targets: module groups from :data:`quantbook.targets.GROUPS`.
-        modules: explicit Linear names instead of ``targets``.
-        exclude: Linear names to keep float.
-
-    Returns:
-        ``(quantized_copy, report)``; converted Linears hold an ``Int8Tensor`` weight.
+    Activations get one symmetric int8 scale per token, computed at every call; weights one
+    per output row. ``model`` (on the CPU or a GPU) is not modified.
     """
-    import copy
-
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    chosen, skipped = _select(model, targets, modules, exclude)
+    if not isinstance(config, TorchaoDynamicConfig):
+        raise TypeError(f"config is a {type(config).__name__}: expected a TorchaoDynamicConfig")
+    check_model(model, config.label, devices=("cpu", "cuda"))
+    selection = select(model, config)
     quantized = copy.deepcopy(model).eval()
-    if chosen:
-        with quiet_torch_ao():
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    wanted = set(selection.chosen)
+    with quiet_torch_ao():
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-            wanted = set(chosen)
-            # set_inductor_config=False: do not change torch._inductor's global settings
-            config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
-            quantize_(quantized, config, filter_fn=lambda _module, fqn: fqn in wanted)
-    return _finish(quantized, chosen, skipped, "torchao int8 dynamic (per-token x per-row)")
+        # set_inductor_config=False: do not change torch._inductor's global settings
+        ao_config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+        quantize_(quantized, ao_config, filter_fn=lambda _module, fqn: fqn in wanted)
+    return finish(quantized, config, selection, _is_int8)
 
 
 def calibrate_input_absmax(model: nn.Module, names: Sequence[str], batches: Sequence,
@@ -107,25 +96,17 @@ def calibrate_input_absmax(model: nn.Module, names: Sequence[str], batches: Sequ
         return hook
 
     handles = [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in names]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                run_fn(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, batches, run_fn, handles)
     missing = [n for n in names if n not in seen]
     if missing:
-        raise ValueError(f"modules {missing[:3]} never ran during calibration: check that the "
-                         "batches reach them")
+        raise ValueError(f"modules {missing[:3]} never ran during calibration: their scale "
+                         "would be a guess; pass batches (and a run_fn) that reach them")
     return seen
 
 
-def torchao_static(model: nn.Module, batches: Sequence,
-                   targets: Iterable[str] = ("attention", "ffn"), *,
-                   modules: Iterable[str] | None = None, exclude: Iterable[str] = (),
-                   run_fn: Callable[[nn.Module, object], None] = forward_batch
-                   ) -> tuple[nn.Module, QuantReport]:
+def quantize_torchao_static(model: nn.Module, config: TorchaoStaticConfig, batches: Sequence,
+                            run_fn: Callable[[nn.Module, object], None] = forward_batch
+                            ) -> tuple[nn.Module, QuantReport]:
     """Static int8 with torchao: one calibrated symmetric activation scale per Linear.
 
     Each Linear's input abs-max over ``batches`` gives ``scale = absmax / 127``; torchao's
@@ -137,27 +118,27 @@ def torchao_static(model: nn.Module, batches: Sequence,
     Returns:
         ``(quantized_copy, report)``.
     """
-    import copy
-
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    chosen, skipped = _select(model, targets, modules, exclude)
+    if not isinstance(config, TorchaoStaticConfig):
+        raise TypeError(f"config is a {type(config).__name__}: expected a TorchaoStaticConfig")
+    check_model(model, config.label, devices=("cpu", "cuda"))
+    batches = check_batches(model, batches)
+    selection = select(model, config)
     quantized = copy.deepcopy(model).eval()
-    if chosen:
-        stats = calibrate_input_absmax(quantized, chosen, batches, run_fn)
-        with quiet_torch_ao():
-            from torchao.quantization import (
-                Int8StaticActivationInt8WeightConfig,
-                PerRow,
-                PerTensor,
-                quantize_,
-            )
+    stats = calibrate_input_absmax(quantized, selection.chosen, batches, run_fn)
+    with quiet_torch_ao():
+        from torchao.quantization import (
+            Int8StaticActivationInt8WeightConfig,
+            PerRow,
+            PerTensor,
+            quantize_,
+        )
 
-            for name in chosen:
-                absmax, ndim = stats[name]
-                device = quantized.get_submodule(name).weight.device
-                scale = torch.full((1,) * ndim, max(absmax, 1e-12) / 127.0, device=device)
-                config = Int8StaticActivationInt8WeightConfig(
-                    act_quant_scale=scale, granularity=[PerTensor(), PerRow()],
-                    set_inductor_config=False)
-                quantize_(quantized, config, filter_fn=lambda _m, fqn, name=name: fqn == name)
-    return _finish(quantized, chosen, skipped, "torchao int8 static (per-tensor x per-row)")
+        for name in selection.chosen:
+            absmax, ndim = stats[name]
+            device = quantized.get_submodule(name).weight.device
+            scale = torch.full((1,) * ndim, max(absmax, 1e-12) / 127.0, device=device)
+            ao_config = Int8StaticActivationInt8WeightConfig(
+                act_quant_scale=scale, granularity=[PerTensor(), PerRow()],
+                set_inductor_config=False)
+            quantize_(quantized, ao_config, filter_fn=lambda _m, fqn, name=name: fqn == name)
+    return finish(quantized, config, selection, _is_int8)

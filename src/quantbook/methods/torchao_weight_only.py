@@ -13,27 +13,56 @@ so that ``import quantbook.methods`` stays fast and writes nothing to stderr.
 """
 
 import copy
+from dataclasses import dataclass
+from typing import ClassVar
 
+import torch
 from torch import nn
 
 from quantbook import quiet
-from quantbook.methods.report import QuantReport, float_leaf_modules
-from quantbook.methods.weight_only import DEFAULT_TARGETS, WeightOnlyConfig, select_modules
+from quantbook.methods.base import QuantReport, finish, select
+from quantbook.methods.weight_only import WeightOnlyConfig, weight_rule
+from quantbook.validate import check_model
 
 
-def torchao_config(config: WeightOnlyConfig):
+@dataclass(frozen=True)
+class TorchaoWeightOnlyConfig(WeightOnlyConfig):
+    """:class:`WeightOnlyConfig`'s settings, applied by torchao (min-max ranges only)."""
+
+    bits: int = 8
+
+    family: ClassVar[str] = "weight-only (torchao)"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.range_method != "minmax":
+            raise ValueError(
+                f"range_method={self.range_method!r} has no torchao weight-only equivalent: "
+                "use range_method='minmax' to compare with torchao")
+        if self.granularity == "tensor" and (self.bits, self.scheme) != (8, "symmetric"):
+            raise ValueError(
+                f"granularity='tensor' with bits={self.bits}, scheme={self.scheme!r} is not "
+                "supported by torchao's IntxWeightOnlyConfig: use granularity='channel' or "
+                "'group' (or bits=8, scheme='symmetric')")
+
+    @property
+    def label(self) -> str:
+        """E.g. ``"torchao weight-only int4 group32"``."""
+        return f"torchao {super().label}"
+
+
+def torchao_config(config: TorchaoWeightOnlyConfig):
     """The torchao config equivalent to ``config`` (min-max ranges only).
 
     8-bit symmetric uses ``Int8WeightOnlyConfig`` (the only one that allows per-tensor);
     everything else ``IntxWeightOnlyConfig(weight_dtype=torch.int<bits>)`` with ``PerAxis(0)``
     for "channel" or ``PerGroup(group_size)``.
 
-    Raises:
-        ValueError: a setting torchao cannot express (``range_method`` other than "minmax",
-            per-tensor below 8 bits).
     """
+    if not isinstance(config, TorchaoWeightOnlyConfig):
+        raise TypeError(f"config is a {type(config).__name__}: expected a "
+                        "TorchaoWeightOnlyConfig (it refuses settings torchao cannot express)")
     quiet.silence_known_noise()
-    import torch
     from torchao.quantization import (
         Int8WeightOnlyConfig,
         IntxWeightOnlyConfig,
@@ -44,23 +73,12 @@ def torchao_config(config: WeightOnlyConfig):
         PerTensor,
     )
 
-    if config.range_method != "minmax":
-        raise ValueError(
-            f"range_method={config.range_method!r} has no torchao weight-only equivalent: "
-            "use range_method='minmax' to compare with torchao"
-        )
     if config.bits == 8 and config.scheme == "symmetric":
         granularity = {"tensor": PerTensor(), "channel": PerRow()}.get(
             config.granularity, PerGroup(config.group_size)
         )
         # set_inductor_config=False: True would change torch._inductor's global config
         return Int8WeightOnlyConfig(granularity=granularity, set_inductor_config=False)
-    if config.granularity == "tensor":
-        raise ValueError(
-            f"granularity='tensor' with bits={config.bits}, scheme={config.scheme!r} is not "
-            "supported by torchao's IntxWeightOnlyConfig: use granularity='channel' or 'group' "
-            "(or bits=8, scheme='symmetric')"
-        )
     granularity = PerAxis(0) if config.granularity == "channel" else PerGroup(config.group_size)
     mapping = MappingType.SYMMETRIC if config.scheme == "symmetric" else MappingType.ASYMMETRIC
     return IntxWeightOnlyConfig(
@@ -70,38 +88,25 @@ def torchao_config(config: WeightOnlyConfig):
     )
 
 
-def torchao_weight_only(
-    model: nn.Module,
-    bits: int = 8,
-    granularity: str = "channel",
-    group_size: int | None = None,
-    targets: tuple[str, ...] = DEFAULT_TARGETS,
-    scheme: str = "symmetric",
-) -> tuple[nn.Module, QuantReport]:
+def quantize_torchao_weight_only(model: nn.Module,
+                                 config: TorchaoWeightOnlyConfig = TorchaoWeightOnlyConfig()
+                                 ) -> tuple[nn.Module, QuantReport]:
     """Return a copy of ``model`` with torchao weight-only quantization, and a report.
 
-    The targeted modules (nn.Linear and nn.Embedding of ``targets``, as in
-    :func:`~quantbook.methods.weight_only.quantize_weights`) are passed to ``quantize_`` through
-    its ``filter_fn`` by qualified name; ``model`` is not modified.
-
-    Raises:
-        ValueError: for the same bad settings as ``WeightOnlyConfig`` and
-            ``quantize_weights``, and for settings torchao cannot express (see
-            :func:`torchao_config`).
+    The selected modules are passed to ``quantize_`` through its ``filter_fn`` by qualified
+    name; ``model`` is not modified.
     """
-    config = WeightOnlyConfig(bits=bits, scheme=scheme, granularity=granularity,
-                              group_size=group_size, targets=targets)
-    converted, skipped = select_modules(model, config)
+    if not isinstance(config, TorchaoWeightOnlyConfig):
+        raise TypeError(f"config is a {type(config).__name__}: expected a "
+                        "TorchaoWeightOnlyConfig")
+    check_model(model, config.label, devices=("cpu", "cuda"))
+    selection = select(model, config, weight_rule(config))
     ao_config = torchao_config(config)
     from torchao.quantization import quantize_  # after torchao_config silenced the import
 
-    wanted = set(converted)
+    wanted = set(selection.chosen)
     quantized = copy.deepcopy(model)
-    quantize_(quantized, ao_config, filter_fn=lambda module, name: name in wanted)
-    report = QuantReport(
-        method=f"torchao {config.method}",
-        converted=tuple(converted),
-        skipped=tuple(skipped),
-        float_modules=float_leaf_modules(quantized, exclude=converted),
-    )
-    return quantized, report
+    with quiet.quiet_torch_ao():
+        quantize_(quantized, ao_config, filter_fn=lambda module, name: name in wanted)
+    return finish(quantized, config, selection,
+                  lambda m: type(m.weight) not in (torch.Tensor, nn.Parameter))

@@ -1,13 +1,17 @@
-"""Charts of where a transformer's parameters and multiply-accumulates live, and an explorer.
+"""Chapter 01 helpers: where a transformer's parameters and multiply-accumulates live.
 
-Everything here draws the ledger of :func:`quantbook.accounting.group_accounting`:
+Everything here reads or draws the ledger of :func:`quantbook.accounting.group_accounting`:
 
+- :func:`linear_share` and :func:`matmul_crossover`: the share of the work in ``nn.Linear``
+  layers, and the sequence length at which the attention matmuls catch up with them;
 - :func:`plot_cost_shares`: one 100 % stacked bar per model and quantity (parameters, MACs per
   token), one colour per group, so models of very different sizes compare at a glance;
 - :func:`mac_share_sweep` and :func:`plot_matmul_share_sweep`: how the share of the attention
   matmuls (activation times activation, no weights) grows with the sequence length T;
 - :func:`mac_share_explorer` (live, needs a kernel) and :func:`static_mac_share_explorer`
   (precomputed images switched in the browser) to pick a sequence length and see the split.
+
+Figures are sized for the book's column (7 inches wide, see :mod:`quantbook.kit`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import numpy as np
 from torch import nn
 
 from quantbook.accounting import ATTENTION_MATMULS, OTHER, ROWS, GroupCost, group_accounting
+from quantbook.targets import GROUP_TYPES
 from quantbook.widgets import figure_png, image_view, linked_views
 
-LINEAR_GROUPS = ("attention", "ffn", "head")  # the groups made of nn.Linear layers
+# the groups made of nn.Linear layers: attention, ffn, head
+LINEAR_GROUPS = tuple(group for group, kind in GROUP_TYPES.items() if kind is nn.Linear)
 GROUP_COLORS = {  # one colour per accounting row (tab10 shades)
     "embeddings": "#7f7f7f",
     "attention": "#1f77b4",
@@ -81,7 +87,7 @@ def plot_cost_shares(
     costs_by_model: Mapping[str, Sequence[GroupCost]],
     quantities: Sequence[str] = ("params", "macs"),
     title: str | None = None,
-    figsize: tuple[float, float] = (9.0, 3.6),
+    figsize: tuple[float, float] = (7.0, 3.8),
 ) -> plt.Figure:
     """Draw one 100 % stacked horizontal bar per model and quantity, coloured by group.
 
@@ -117,8 +123,7 @@ def plot_cost_shares(
         ax.barh(y, widths, left=lefts, color=GROUP_COLORS[row], label=row, edgecolor="white")
         for yi, left, width in zip(y, lefts, widths, strict=True):
             if width >= 100 * _MIN_LABELLED_SHARE:
-                ax.text(left + width / 2, yi, f"{width:.0f}%", ha="center", va="center",
-                        fontsize=9)
+                ax.text(left + width / 2, yi, f"{width:.0f}%", ha="center", va="center")
     ax.set_yticks(y, [label for label, _, _ in bars])
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of the model's total (%)")
@@ -127,7 +132,8 @@ def plot_cost_shares(
                   for name, rows in ledgers.items()]
         title = "Share of the MACs in Linear layers: " + ", ".join(shares)
     ax.set_title(title)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
+    # below the bars, in three columns: beside them it would squeeze the bars in the column
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -137,7 +143,7 @@ def plot_matmul_share_sweep(
     seq_lens: Sequence[int],
     context_lens: Mapping[str, int] | None = None,
     title: str = "Attention matmuls grow with T; below 50% the Linear layers dominate",
-    figsize: tuple[float, float] = (8.0, 4.0),
+    figsize: tuple[float, float] = (7.0, 4.0),
 ) -> plt.Figure:
     """Plot the MAC share of the attention matmuls against the sequence length, one line a model.
 
@@ -161,6 +167,7 @@ def plot_matmul_share_sweep(
         if not inside.all():  # continue dashed from the last point inside the context
             start = max(int(inside.sum()) - 1, 0)
             ax.plot(t[start:], share[start:], "o--", color=color, mfc="white",
+                    markevery=slice(1, None),  # the first point is inside, drawn solid
                     label=f"{name}, beyond its context of {context_lens[name]}")
     ax.axhline(50, color="black", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
@@ -169,16 +176,22 @@ def plot_matmul_share_sweep(
     ax.set_xlabel("sequence length T (tokens)")
     ax.set_ylabel("attention matmuls (% of MACs)")
     ax.set_title(title)
-    ax.legend(fontsize=9)
+    ax.legend()
     fig.tight_layout()
     return fig
 
 
-def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int]) -> widgets.VBox:
+def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int],
+                       seq_len: int | None = None) -> widgets.VBox:
     """Live explorer: pick a model and a sequence length, see the MAC split by group.
 
     The ledgers of every (model, T) pair are computed up front and each figure is cached after
     its first drawing, so a change answers in well under a second. Needs a running kernel.
+
+    Args:
+        models: model name -> float model; with several, an ``"all"`` choice shows them all.
+        seq_lens: the slider's sequence lengths, increasing.
+        seq_len: the length it starts at (one of ``seq_lens``; by default the first).
 
     Returns:
         A ``VBox`` of a model ``Dropdown``, a ``SelectionSlider`` over ``seq_lens`` and an
@@ -186,6 +199,7 @@ def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int])
         ``seq_len_slider`` and ``image`` give access to them).
     """
     seq_lens = _check_seq_lens(seq_lens)
+    start = _check_start(seq_len, seq_lens)
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models is empty: pass {model name: model}")
     ledgers = {(name, t): group_accounting(model, t) for name, model in models.items()
@@ -200,7 +214,7 @@ def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int])
         return cache[choice, t]
 
     picker = widgets.Dropdown(options=choices, value=choices[-1], description="model")
-    slider = widgets.SelectionSlider(options=seq_lens, value=seq_lens[0],
+    slider = widgets.SelectionSlider(options=seq_lens, value=seq_lens[start],
                                      description="sequence length T",
                                      style={"description_width": "initial"},
                                      layout=widgets.Layout(width="420px"))
@@ -218,26 +232,28 @@ def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int])
 
 
 def static_mac_share_explorer(
-    models: Mapping[str, nn.Module], seq_lens: Sequence[int]
+    models: Mapping[str, nn.Module], seq_lens: Sequence[int], seq_len: int | None = None
 ) -> widgets.VBox:
     """Kernel-free explorer: one precomputed image per sequence length, all models in each.
 
     Built on :func:`quantbook.widgets.linked_views`, so the slider keeps working on the static
-    site. Returns its ``VBox`` (slider, ``Stack`` of images).
+    site. It starts at ``seq_len`` (one of ``seq_lens``; by default the first). Returns its
+    ``VBox`` (slider, ``Stack`` of images).
     """
     seq_lens = _check_seq_lens(seq_lens)
+    start = _check_start(seq_len, seq_lens)
     views = [
         image_view(_mac_figure({n: group_accounting(m, t) for n, m in models.items()}, t))
         for t in seq_lens
     ]
-    return linked_views([f"T = {t}" for t in seq_lens], views, "sequence length")
+    return linked_views([f"T = {t}" for t in seq_lens], views, "sequence length", start)
 
 
 def _mac_figure(costs_by_model: Mapping[str, Sequence[GroupCost]], seq_len: int) -> plt.Figure:
-    height = 1.6 + 0.45 * len(costs_by_model)
+    height = 2.3 + 0.45 * len(costs_by_model)  # title, axis and legend, then one bar a model
     shares = ", ".join(f"{name} {100 * linear_share(rows)['macs']:.0f}%"
                        for name, rows in costs_by_model.items())
-    return plot_cost_shares(costs_by_model, ("macs",), figsize=(9.0, height),
+    return plot_cost_shares(costs_by_model, ("macs",), figsize=(7.0, height),
                             title=f"T = {seq_len}: share of the MACs in Linear layers: {shares}")
 
 
@@ -247,6 +263,16 @@ def _check_costs(name: str, costs: Sequence[GroupCost]) -> list[GroupCost]:
         raise ValueError(f"{name} is not a ledger of group_accounting(): expected one GroupCost "
                          f"per row of {ROWS}, in that order")
     return rows
+
+
+def _check_start(seq_len: int | None, seq_lens: list[int]) -> int:
+    """Index in ``seq_lens`` of the length an explorer starts at (the first when ``None``)."""
+    if seq_len is None:
+        return 0
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len not in seq_lens:
+        raise ValueError(f"seq_len={seq_len!r} is not one of seq_lens={seq_lens}: "
+                         "start at a length the slider offers")
+    return seq_lens.index(seq_len)
 
 
 def _check_seq_lens(seq_lens: Sequence[int]) -> list[int]:

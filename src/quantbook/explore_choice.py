@@ -1,0 +1,154 @@
+"""The decision guide's (chapter 09) figures and explorers: size and speed against quality loss.
+
+The decisions themselves (loss, fronts, the budgeted pick) are in :mod:`quantbook.choose`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+
+from quantbook.choose import (
+    BUDGETS_PCT,
+    COSTS,
+    model_records,
+    pareto_front,
+    pick,
+    quality_loss_pct,
+)
+from quantbook.records import FLOAT_FAMILY, BenchRecord
+from quantbook.widgets import figure_png, linked_views
+
+MODEL_TITLES = {"gpt": "GPT (perplexity)", "minilm": "MiniLM (Lee Pearson)"}
+# one colour per method family; families not listed here get the next colours of tab10
+FAMILY_COLORS = {FLOAT_FAMILY: "black", "weight-only (quantbook)": "tab:blue",
+                 "weight-only (torchao)": "tab:cyan", "dynamic (eager)": "tab:orange",
+                 "dynamic (torchao)": "tab:red", "static (eager)": "tab:green",
+                 "static (torchao)": "tab:olive"}
+_EXTRA_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+def family_color(family: str) -> str:
+    """The colour of a method family in every chart of the chapter."""
+    if family in FAMILY_COLORS:
+        return FAMILY_COLORS[family]
+    return _EXTRA_COLORS[sum(map(ord, family)) % len(_EXTRA_COLORS)]
+
+
+def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
+                max_loss_pct: float | None = None, title: str = "") -> plt.Axes:
+    """Quality loss against cost for one model's records; the Pareto front drawn as a line.
+
+    The front's points are numbered and named in the legend. With ``max_loss_pct``, records
+    over that budget are drawn faint and the pick within it is ringed. Negative losses (better
+    than float32) are drawn below zero on the symmetric-log axis.
+    """
+    front = pareto_front(records, cost)  # also rejects an unknown cost
+    key, label = COSTS[cost]
+    for r in records:
+        loss = quality_loss_pct(r)
+        if getattr(r, key) is None or math.isinf(loss):
+            continue  # not timed, or a model that produced NaN: nothing to place
+        faint = max_loss_pct is not None and loss > max_loss_pct
+        is_float = r.family == FLOAT_FAMILY
+        ax.scatter(getattr(r, key), loss, color=family_color(r.family),
+                   marker="*" if is_float else "o", s=70 if faint else 45,
+                   alpha=0.25 if faint else 0.95, zorder=5 if is_float else 3)
+    ax.plot([getattr(r, key) for r in front], [quality_loss_pct(r) for r in front],
+            color="0.5", lw=1, ls="--", zorder=2)
+    # number the front's points; the legend names them (labels beside close points overlap)
+    for i, r in enumerate(front, 1):
+        ax.annotate(str(i), (getattr(r, key), quality_loss_pct(r)), fontsize=8,
+                    fontweight="bold", xytext=(4, 4), textcoords="offset points")
+    names = [plt.Line2D([], [], ls="", label=f"{i}  {r.method}") for i, r in enumerate(front, 1)]
+    ax.legend(handles=names, loc="best", fontsize=7, handlelength=0, handletextpad=0,
+              title="Pareto front", title_fontsize=7, framealpha=0.85)
+    if max_loss_pct is not None:
+        best = pick(records, max_loss_pct, cost)
+        ax.scatter(getattr(best, key), quality_loss_pct(best), s=260, facecolors="none",
+                   edgecolors="crimson", lw=2, zorder=4)
+        ax.axhline(max_loss_pct, color="crimson", lw=0.8, ls=":")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel(label)
+    ax.set_ylabel("quality loss vs float32 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def legend_handles(families: Sequence[str]) -> list:
+    """One marker per family, for a figure legend."""
+    return [plt.Line2D([], [], marker="*" if f == FLOAT_FAMILY else "o", ls="",
+                       color=family_color(f), label=f) for f in families]
+
+
+def budget_figure(records: Sequence[BenchRecord], max_loss_pct: float | None = None,
+                  models: Sequence[str] = ("gpt", "minilm")) -> plt.Figure:
+    """Both Pareto charts (size, speed) for each model, optionally with a quality budget."""
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)),
+                             layout="constrained", squeeze=False)
+    for row, model in zip(axes, models, strict=True):
+        chosen = model_records(records, model)
+        for ax, cost in zip(row, COSTS, strict=True):
+            plot_pareto(chosen, cost, ax, max_loss_pct=max_loss_pct,
+                        title=f"{MODEL_TITLES.get(model, model)}: {cost}")
+    families = list(dict.fromkeys(r.family for r in records))
+    fig.legend(handles=legend_handles(families), loc="outside lower center",
+               ncols=min(len(families), 4), fontsize=8)
+    if max_loss_pct is not None:
+        fig.suptitle(f"Quality budget {max_loss_pct:g} %: the ringed method is the best inside it")
+    return fig
+
+
+def picks_html(records: Sequence[BenchRecord], max_loss_pct: float,
+               models: Sequence[str] = ("gpt", "minilm")) -> str:
+    """A small HTML table: per model, the smallest and the fastest method within the budget."""
+    rows = []
+    for model in models:
+        chosen = model_records(records, model)
+        small, fast = pick(chosen, max_loss_pct, "size"), pick(chosen, max_loss_pct, "speed")
+        rows.append(
+            f"<tr><td>{model}</td><td>{small.method} ({small.size_ratio:.1%}, loss "
+            f"{quality_loss_pct(small):.2f} %)</td><td>{fast.method} ({fast.speedup:.2f}x, "
+            f"loss {quality_loss_pct(fast):.2f} %)</td></tr>")
+    head = "<tr><th>model</th><th>smallest within budget</th><th>fastest within budget</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def explorer(records: Sequence[BenchRecord], budgets: Sequence[float] = BUDGETS_PCT,
+             start_pct: float | None = None) -> widgets.VBox:
+    """Live explorer: a quality-budget slider redraws the charts and the picks. Needs a kernel.
+
+    ``start_pct`` is the budget shown first (one of ``budgets``; the middle one by default).
+    """
+    budgets = list(budgets)
+    start = budgets[len(budgets) // 2] if start_pct is None else start_pct
+    if start not in budgets:
+        raise ValueError(f"start_pct={start_pct} is not one of budgets={budgets}: pick one of them")
+    budget = widgets.SelectionSlider(options=[(f"{b:g} %", b) for b in budgets], value=start,
+                                     description="quality budget",
+                                     style={"description_width": "initial"},
+                                     layout=widgets.Layout(width="420px"))
+    image = widgets.Image(format="png", layout=widgets.Layout(width="820px"))
+    table = widgets.HTML()
+
+    def update(_change=None) -> None:
+        table.value = picks_html(records, budget.value)
+        image.value = figure_png(budget_figure(records, budget.value))
+
+    budget.observe(update, names="value")
+    update()
+    return widgets.VBox([budget, table, image])
+
+
+def static_explorer(records: Sequence[BenchRecord],
+                    budgets: Sequence[float] = BUDGETS_PCT) -> widgets.VBox:
+    """Kernel-free explorer: one precomputed view per budget, switched by a slider."""
+    views = [widgets.VBox([
+        widgets.HTML(picks_html(records, b)),
+        widgets.Image(value=figure_png(budget_figure(records, b), dpi=80), format="png",
+                      layout=widgets.Layout(width="820px"))]) for b in budgets]
+    return linked_views([f"{b:g} %" for b in budgets], views, "quality budget")
