@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # unit tests: two pytest workers, one torch thread each (tests/conftest.py)
 WORKERS ?= 2
 
-.PHONY: help setup book test lint unit nbval build browser notebooks checkpoint bench lab clean
+.PHONY: help setup book test lint unit nbval build browser notebooks checkpoint bench bench-commit bench-compiled outliers lowbit qat lab clean
 
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
@@ -17,6 +17,11 @@ help:
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
 	@echo "make checkpoint  retrain the small GPT and rewrite its committed checkpoint"
 	@echo "make bench       run every quantization method on both models, print the table"
+	@echo "make bench-commit  make the last bench run the one chapter 06 renders"
+	@echo "make bench-compiled  recompute the compiled-path chapter's stored results (~30-75 min)"
+	@echo "make lowbit      recompute the below-8-bits chapter's stored results (~25 min)"
+	@echo "make qat         retrain the 2-bit QAT GPT the below-8-bits chapter loads (~2 min)"
+	@echo "make outliers    recompute the activation-outliers chapter's stored results (~10 min)"
 	@echo "make lab         open the notebooks in JupyterLab"
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -40,10 +45,15 @@ lint: setup
 unit: setup
 	$(BIN)/pytest tests -q -n $(WORKERS) --ignore=tests/browser
 
+# the settings the stored outputs are computed and compared under (quantbook.machine.REPRODUCIBLE):
+# every x86-64 CPU with AVX2 then runs the same vector and int8 kernels, so an AVX-512 or VNNI
+# machine reproduces outputs stored on an AVX2 one, digit for digit
+REPRODUCE := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+
 # strict nbval: every stored output is compared. One notebook at a time: each kernel uses both
 # cores, and two kernels on 2 cores oversubscribe them (token-by-token sampling ran 20x slower).
 nbval: setup
-	$(BIN)/pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
+	$(REPRODUCE) $(BIN)/pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
 
 # the built site as a reader sees it, with the network cut off (needs root or user namespaces)
 browser: build
@@ -53,13 +63,39 @@ browser: build
 test: lint unit nbval browser
 
 notebooks: setup
-	$(BIN)/python scripts/run_notebooks.py
+	$(REPRODUCE) $(BIN)/python scripts/run_notebooks.py
 
 checkpoint: setup
 	$(BIN)/python scripts/train_gpt.py
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+
+# the committed run that chapter 06 renders; re-execute chapter 06 afterwards (make notebooks)
+bench-commit: _build/bench/results.json
+	cp _build/bench/results.json src/quantbook/results/bench.json
+	@echo "src/quantbook/results/bench.json updated: re-run chapter 06 (make notebooks)"
+
+_build/bench/results.json:
+	@echo "no bench run in _build/bench/results.json: run make bench first" && false
+
+# the stored results of chapter 07 (activation outliers): torchao's SmoothQuant, MSE ranges, the
+# alpha sweep and the GPT's perplexities, too slow for the notebook
+outliers: setup
+	$(BIN)/python scripts/outliers_bench.py
+
+# the stored results of chapter 06 (compiled path): compiling MiniLM takes minutes per model
+bench-compiled: setup
+	$(BIN)/python scripts/compiled_bench.py --out src/quantbook/results/compiled.json
+
+# the stored results of chapter 08 (below 8 bits): RTN/GPTQ/AWQ at 2-4 bits on both models,
+# the calibration sweep and the mixed bit-width plan (`--sections` runs parts)
+lowbit: setup
+	$(BIN)/python scripts/lowbit_bench.py
+
+# the 2-bit quantization-aware-trained GPT that chapter 08 loads
+qat: setup
+	$(BIN)/python scripts/train_qat.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
