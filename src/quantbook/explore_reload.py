@@ -17,8 +17,15 @@ from torch import nn
 
 def save_for_reload(workdir: pathlib.Path, program, torchao_model: nn.Module,
                     x: torch.Tensor, expected: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Write a PT2E program, a torchao state dict and the outputs to compare; bytes of each."""
+    """Write a PT2E program, a torchao state dict and the outputs to compare; bytes of each.
+
+    Each graph node's ``stack_trace`` (the source file paths of this machine) is dropped from
+    ``program`` before it is saved, so that the file's size does not depend on where the
+    repository lies.
+    """
     workdir = pathlib.Path(workdir)
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
     torch.export.save(program, workdir / "pt2e.pt2")
     torch.save(torchao_model.state_dict(), workdir / "torchao.pt")
     torch.save({"x": x, **expected}, workdir / "expected.pt")
