@@ -83,7 +83,8 @@ def test_bench_configs_cover_the_workloads_linears(gpt):
                         linear_targets=("attention", "ffn", "head"))
     configs = eo.bench_configs(workload)
     assert list(configs) == ["static int8, float outputs", "SmoothQuant a=0.9, static int8",
-                             "LLM.int8() decomposition, static int8"]
+                             "LLM.int8() decomposition, static int8",
+                             "PEG (6 groups), static int8"]
     assert all(c.targets == ("attention", "ffn", "head") for c in configs.values())
     assert all(type(c) in eo.REMEDIES for c in configs.values())
 

@@ -3,7 +3,8 @@
 Statistics are per channel of each tensor: ``ratio = max_j max|x_j| / median_j max|x_j|``, the
 top channel's range over the median channel's, for the input and output of every Linear and
 LayerNorm. The remedies are the methods :mod:`quantbook.methods.float_output`,
-:mod:`~quantbook.methods.smoothquant` and :mod:`~quantbook.methods.decomposed`, run through a
+:mod:`~quantbook.methods.smoothquant`, :mod:`~quantbook.methods.decomposed` and
+:mod:`~quantbook.methods.peg`, run through a
 :class:`~quantbook.sweep.Sweep` with :func:`quantize_remedy`.
 """
 
@@ -24,11 +25,13 @@ from quantbook.methods import MethodConfig, quantize
 from quantbook.methods.base import run_hooked
 from quantbook.methods.decomposed import DecompositionConfig, quantize_decomposed
 from quantbook.methods.float_output import (
+    ChannelRange,
     FloatOutputConfig,
     input_qparams,
     quantize_float_output,
     quantize_weight,
 )
+from quantbook.methods.peg import PEGConfig, PEGLinear, peg_groups, quantize_peg
 from quantbook.methods.smoothquant import SmoothQuantConfig, quantize_smoothquant, smooth_scales
 from quantbook.methods.static import forward_batch
 from quantbook.records import BenchRecord
@@ -40,6 +43,7 @@ REMEDIES: dict[type[MethodConfig], Callable] = {
     FloatOutputConfig: quantize_float_output,
     SmoothQuantConfig: quantize_smoothquant,
     DecompositionConfig: quantize_decomposed,
+    PEGConfig: quantize_peg,
 }
 # family -> (role, module name after the layer prefix, side): the tensors the chapter follows
 ROLES = {
@@ -58,7 +62,7 @@ ROLES = {
 
 
 def quantize_remedy(model: nn.Module, config: MethodConfig, batches: Sequence | None = None):
-    """:func:`quantbook.methods.quantize`, extended with this chapter's three methods."""
+    """:func:`quantbook.methods.quantize`, extended with this chapter's methods."""
     method = REMEDIES.get(type(config))
     return quantize(model, config, batches) if method is None else method(model, config, batches)
 
@@ -70,6 +74,7 @@ def bench_configs(workload: Workload) -> dict[str, MethodConfig]:
         "static int8, float outputs": FloatOutputConfig(targets=linears),
         "SmoothQuant a=0.9, static int8": SmoothQuantConfig(targets=linears, alpha=0.9),
         "LLM.int8() decomposition, static int8": DecompositionConfig(targets=linears),
+        "PEG (6 groups), static int8": PEGConfig(targets=linears, n_groups=6),
     }
 
 
@@ -186,6 +191,21 @@ def layer_sqnr(x: torch.Tensor, linear: nn.Linear, alphas: Sequence[float | None
                 for a in alphas}
 
 
+def peg_layer_sqnr(x: torch.Tensor, linear: nn.Linear, n_groups: Sequence[int]
+                   ) -> dict[int, float]:
+    """Output SQNR (dB) of one Linear as a :class:`PEGLinear` calibrated on ``x``, per K."""
+    flat = x.detach().reshape(-1, x.shape[-1])  # (tokens, C)
+    found = ChannelRange(flat.amin(0), flat.amax(0))
+    result = {}
+    with torch.no_grad():
+        reference = linear(x)
+        for k in n_groups:
+            columns = peg_groups(found, k)
+            qparams = [input_qparams(found.min[c].min(), found.max[c].max()) for c in columns]
+            result[k] = sqnr_db(reference, PEGLinear(linear, columns, qparams)(x))
+    return result
+
+
 def torchao_smoothquant(linear: nn.Linear, inputs: Sequence[torch.Tensor], alpha: float
                         ) -> tuple[nn.Module, torch.Tensor]:
     """torchao's prototype SmoothQuant (static per-tensor int8) on a copy of one Linear.
@@ -288,3 +308,32 @@ def alpha_explorer(sweep, float_value: float, start: float = 0.9):
     box = widgets.VBox([slider, html])
     box.html = html
     return box
+
+
+def pt2e_linear_boundaries() -> dict[str, dict[str, str]]:
+    """What PT2E's x86 recipe puts around each Linear of a tiny Linear -> LayerNorm -> Linear.
+
+    Returns:
+        ``{linear node: {"input": op making its input, "output": op using its output}}``, e.g.
+        ``{"linear": {"input": "dequantize_per_tensor", "output": "layer_norm"}, ...}``.
+    """
+    from quantbook.quiet import quiet_torch_ao
+
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 4)).eval()
+    x = torch.randn(4, 8)  # (tokens, C)
+    with quiet_torch_ao():
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = xiq.X86InductorQuantizer().set_global(
+            xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(torch.export.export(tiny, (x,)).module(), quantizer)
+        prepared(x)  # calibrate
+        graph = convert_pt2e(prepared).graph
+
+    def short(node) -> str:
+        return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+    return {n.name: {"input": short(n.args[0]), "output": short(next(iter(n.users)))}
+            for n in graph.nodes if n.op == "call_function" and short(n) == "linear"}

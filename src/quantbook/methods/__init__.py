@@ -28,6 +28,7 @@ from quantbook.methods.dynamic import DynamicConfig, quantize_dynamic
 from quantbook.methods.float_output import FloatOutputConfig, quantize_float_output
 from quantbook.methods.gptq import GPTQConfig, quantize_gptq
 from quantbook.methods.packed import PackedEmbedding, PackedLinear
+from quantbook.methods.peg import PEGConfig, quantize_peg
 from quantbook.methods.sensitivity import Sensitivity, mixed_precision_plan, sensitivity_scan
 from quantbook.methods.smoothquant import SmoothQuantConfig, quantize_smoothquant
 from quantbook.methods.static import (
@@ -61,6 +62,7 @@ METHODS: dict[type[MethodConfig], tuple[Callable, bool]] = {
     FloatOutputConfig: (quantize_float_output, True),
     SmoothQuantConfig: (quantize_smoothquant, True),
     DecompositionConfig: (quantize_decomposed, True),
+    PEGConfig: (quantize_peg, True),
     PT2EConfig: (quantize_pt2e, True),
     GPTQConfig: (quantize_gptq, True),
     AWQConfig: (quantize_awq, True),
@@ -95,7 +97,7 @@ __all__ = [
     "METHODS", "DecompositionConfig", "DynamicConfig", "FloatOutputConfig", "SmoothQuantConfig",
     "quantize_decomposed", "quantize_float_output", "quantize_smoothquant", "MethodConfig",
     "AWQConfig", "GPTQConfig", "PT2EConfig", "quantize_awq", "quantize_gptq", "quantize_pt2e",
-    "PackedEmbedding", "PackedLinear",
+    "PackedEmbedding", "PackedLinear", "PEGConfig", "quantize_peg",
     "QuantReport", "Selection", "Sensitivity", "StaticConfig", "TorchaoDynamicConfig",
     "TorchaoStaticConfig", "TorchaoWeightOnlyConfig", "WeightOnlyConfig", "calibrate",
     "convert_static", "mixed_precision_plan", "prepare_static", "quantize", "quantize_dynamic",
