@@ -1,8 +1,19 @@
 """Run every quantization method on both models in one process; print the table, write JSON.
 
-Usage: python scripts/bench.py [--models gpt minilm] [--repeats 10] [--out FILE]
-(default FILE: _build/bench/results.json). Chapter 09 renders the committed run in
-src/quantbook/results/bench.json; `make bench-commit` copies this file there, a separate step.
+Usage: python scripts/bench.py [--models gpt minilm] [--only LABEL [LABEL ...]]
+[--no-compiled] [--repeats 10] [--out FILE] (default FILE: _build/bench/results.json).
+Chapter 09 renders the committed run in src/quantbook/results/bench.json; `make bench-commit`
+copies this file there, a separate step.
+
+The table's `ch` column names the chapter that teaches each row (notebooks/NN_*.ipynb).
+Chapter 06's compiled rows need a C++ compiler: without one the script stops before running
+anything and says so (`--no-compiled` runs the rest). `--only` runs a few rows (their
+labels: `--only help`).
+
+Time on an idle 2-core CPU: chapters 03-05 alone took 8 min (the committed run); the whole
+bench takes roughly an hour, an estimate from runs of subsets (never one full run): each
+compiled row compiles its model for minutes (chapter 06 takes about 15 min on both models),
+and GPTQ and AWQ calibrate MiniLM for minutes each.
 """
 
 import argparse
@@ -12,6 +23,7 @@ import time
 import torch
 
 from quantbook import bench, machine
+from quantbook.methods import inductor
 from quantbook.quiet import silence_known_noise
 from quantbook.records import save_records
 
@@ -23,6 +35,7 @@ TARGETS = (
     ("gpt", "weight-only int4", "quantized_bytes_ratio", "<=", 0.16),
     ("minilm", "weight-only int4", "quantized_bytes_ratio", "<=", 0.16),
 )
+COMPILED = bench.COMPILED_CHAPTERS[0][:2]  # the chapter number row_chapters gives its rows
 
 
 def check_targets(records: list) -> list[str]:
@@ -48,20 +61,58 @@ def check_targets(records: list) -> list[str]:
     return lines
 
 
+def choose_rows(parser: argparse.ArgumentParser, args) -> tuple[dict, bool]:
+    """run_bench's selection (``only=`` labels, or the chapters) and whether it holds compiled
+    rows, checked before any model loads."""
+    for model in args.models:
+        unknown = [label for label in args.only or () if label not in bench.row_chapters(model)]
+        if unknown:
+            parser.error(f"--only {unknown} names no row of {model}: `--only help` lists the "
+                         "rows of the models you pass (--models gpt minilm by default)")
+    if args.only is not None:
+        chapters = bench.row_chapters(args.models)
+        compiled = [label for label in args.only if chapters[label] == COMPILED]
+        return {"only": args.only}, bool(compiled)
+    skip = bench.COMPILED_CHAPTERS if args.no_compiled else ()
+    return {"chapters": [c for c in bench.CHAPTERS if c not in skip]}, not args.no_compiled
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(bench.MODELS))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(bench.MODELS),
+                        choices=bench.MODELS)
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--only", nargs="+", metavar="LABEL",
+                      help="run these rows only (quote labels with spaces); `help` lists them")
+    rows.add_argument("--no-compiled", action="store_true",
+                      help="leave out chapter 06's compiled rows (no C++ compiler needed)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default=str(bench.LATEST))
     args = parser.parse_args(argv)
+    chapters = bench.row_chapters(args.models)
+    if args.only == ["help"]:
+        print("\n".join(f"{chapter:2}  {label}" for label, chapter in chapters.items()
+                        if not label.startswith("float32")))
+        return 0
+    selection, compiled = choose_rows(parser, args)
+    if compiled:
+        try:
+            inductor.check_cpp_compiler()
+        except RuntimeError as error:
+            print(f"{error}\nChapter 06's compiled rows need it: add --no-compiled to run "
+                  "the others.", file=sys.stderr)
+            return 2
     silence_known_noise()
     torch.manual_seed(0)
     report = machine.machine_report()
     print(machine.format_report(report), flush=True)
     start = time.perf_counter()
-    records = bench.run_bench(args.models, repeats=args.repeats,
-                              progress=lambda name: print(f"  ... {name}", flush=True))
-    print(bench.format_table(records))
+    records = bench.run_bench(args.models, repeats=args.repeats, **selection,
+                              progress=lambda name: print(
+                                  f"  ... {time.perf_counter() - start:5.0f} s  {name}",
+                                  flush=True))
+    print(bench.format_table(records, chapters))
     print("\n".join(check_targets(records)))
     seconds = time.perf_counter() - start
     out = save_records(records, args.out, machine=report, repeats=args.repeats,

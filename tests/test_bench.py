@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 from conftest import make_gpt
+from test_sweep import FakeCompiled  # a stand-in for inductor: compiling takes minutes here
 
 from quantbook import bench, choose, explore_choice
 from quantbook.machine import machine_report
@@ -66,7 +67,7 @@ def test_run_workload_records(workload):
 
 
 def test_unknown_method_and_model(workload):
-    with pytest.raises(ValueError, match=r"only=\['nope'\] names no method: choose from "
+    with pytest.raises(ValueError, match=r"only=\['nope'\] names no method of gpt: choose from "
                                          r"\['weight-only int8', 'weight-only int4'"):
         bench.run_workload(workload, only=["nope"])
     with pytest.raises(ValueError, match=r"models=\['bert'\] is not supported: choose from "
@@ -74,6 +75,11 @@ def test_unknown_method_and_model(workload):
         bench.run_bench(["bert"])
     with pytest.raises(ValueError, match=r"models=\[\] is not supported"):
         bench.run_bench([])
+    with pytest.raises(ValueError, match=r"only=\['mixed RTN int2/3/4/8 group32 \(int3 bytes\)'\] "
+                                         r"names no method of minilm: choose from"):
+        bench.run_bench(only=["mixed RTN int2/3/4/8 group32 (int3 bytes)"])
+    with pytest.raises(ValueError, match=r"chapters=\['7'\] is not supported: choose from"):
+        bench.run_bench("minilm", chapters=["7"])
     with pytest.raises(ValueError, match=r"model='bert' is not supported: choose from"):
         bench.workload("bert")
 
@@ -145,8 +151,10 @@ def test_committed_results_are_complete():
     methods = bench.bench_methods(reference)
     for model in bench.MODELS:
         chosen = choose.model_records(records, model)
-        assert [r.method for r in chosen] == ["float32", *methods]
-        assert [r.family for r in chosen[1:]] == [c.family for c in methods.values()]
+        basics = chosen[:len(methods) + 1]  # then any later chapter's rows (make bench)
+        assert [r.method for r in basics] == ["float32", *methods]
+        assert [r.family for r in basics[1:]] == [c.family for c in methods.values()]
+        assert {r.method for r in chosen} <= set(bench.row_chapters(model))
         assert chosen[0].family == FLOAT_FAMILY and chosen[0].speedup == 1.0
         assert all(r.latency_ms > 0 and r.float_latency_ms > 0 for r in chosen)
     for a, b in itertools.combinations(records, 2):
@@ -157,3 +165,84 @@ def test_committed_results_are_complete():
 def test_the_latest_run_is_not_the_committed_one():
     assert bench.LATEST.parts[-3:] == ("_build", "bench", "results.json")
     assert bench.COMMITTED.parts[-3:] == ("quantbook", "results", "bench.json")
+
+
+# ------------------------------------------------------------- the chapters' rows
+
+
+def test_every_chapter_adds_rows_with_unique_labels(workload):
+    chapters = bench.bench_chapters(workload)
+    assert list(chapters) == list(bench.CHAPTERS) and all(chapters.values())
+    labels = [label for rows in chapters.values() for label in rows]
+    assert len(labels) == len(set(labels)) == len(bench.row_chapters("gpt")) - 2
+    basics = {k: v for c in bench.BASIC_CHAPTERS for k, v in chapters[c].items()}
+    assert basics == bench.bench_methods(workload)
+    assert list(basics) == list(bench.bench_methods(workload))  # the committed run's order
+    for chapter, rows in chapters.items():
+        for label, config in rows.items():
+            assert isinstance(config, MethodConfig), label
+            assert bench.row_chapters("gpt")[label] == chapter[:2]
+    assert {"SmoothQuant a=0.9, static int8", "GPTQ int4 group32 act-order"} <= set(labels)
+    assert list(chapters["06_compiled_int8"]) == ["torchao int8 dynamic, compiled",
+                                                  "PT2E static int8, compiled"]
+    # the GPT's mixed plan is chapter 08's, read from its committed results
+    assert not any(k.startswith("mixed") for k in bench.row_chapters("minilm"))
+
+
+def test_new_eager_rows_run_in_the_eager_sweep(workload):
+    only = ["SmoothQuant a=0.9, static int8", "GPTQ int4 group32 act-order"]
+    records = bench.run_workload(workload, only=only, timed=False)
+    assert [r.method for r in records] == ["float32", *only]
+    assert [r.family for r in records[1:]] == [c.family for c in
+                                               (bench.bench_chapters(workload)
+                                                ["07_activation_outliers"][only[0]],
+                                                bench.bench_chapters(workload)
+                                                ["08_below_8_bits"][only[1]])]
+    for r in records[1:]:
+        assert r.converted == 7 and abs(r.value - records[0].value) < 0.5, r.method
+
+
+def test_compiled_rows_run_in_a_compiled_sweep_after_their_float_row(workload, monkeypatch):
+    from quantbook import sweep
+
+    monkeypatch.setattr(sweep.inductor, "compile_model", FakeCompiled)
+    monkeypatch.setattr(bench.inductor, "check_cpp_compiler", lambda: "c++")
+    only = ["weight-only int4", "torchao int8 dynamic, compiled"]
+    records = bench.run_workload(workload, only=only, warmup=0, repeats=1)
+    assert [r.method for r in records] == ["float32", "weight-only int4", "float32 compiled",
+                                           "torchao int8 dynamic, compiled"]
+    base, _, twin, ao = records
+    assert twin.family == "float32 (compiled)" and twin.value == base.value
+    assert ao.compile_s == 0.5 and ao.speedup_vs_compiled > 0 and ao.converted == 7
+    assert isinstance(ao.compiled_float_latency_ms, float) and twin.compile_s == 0.5
+    assert base.speedup == 1.0 and twin.speedup_vs_compiled == 1.0
+    table = bench.format_table(records, bench.row_chapters("gpt"))
+    assert [line.split()[1] for line in table.splitlines()[2:]] == [
+        "float32", "03", "06", "06"]
+
+
+def test_without_a_compiler_compiled_rows_fail_before_any_work(workload, monkeypatch):
+    def no_compiler():
+        raise RuntimeError("torch.compile on the CPU needs a C++ compiler")
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("a sweep started")
+
+    monkeypatch.setattr(bench.inductor, "check_cpp_compiler", no_compiler)
+    monkeypatch.setattr(bench, "Sweep", no_sweep)
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        bench.run_workload(workload, only=["dynamic float16", "PT2E static int8, compiled"])
+
+
+def test_chapters_choose_the_rows_and_their_errors(workload):
+    with pytest.raises(ValueError, match=r"chapters=\['09'\] is not supported: choose from "
+                                         r"\('03_weight_quantization', "):
+        bench.run_workload(workload, chapters=["09"])
+    with pytest.raises(ValueError, match=r"chapters=\[\] is not supported"):
+        bench.run_workload(workload, chapters=[])
+    with pytest.raises(ValueError, match=r"only=\['AWQ int5'\] names no method of gpt: choose from "
+                                         r"\[.*'AWQ int4 group32'"):
+        bench.run_workload(workload, only=["AWQ int5"])
+    records = bench.run_workload(workload, chapters="05_static_quantization", timed=False)
+    assert [r.method for r in records] == ["float32", "static int8 (histogram)",
+                                           "static int8 (min-max)"]

@@ -12,6 +12,7 @@ from quantbook.methods.awq import AWQConfig
 from quantbook.methods.gptq import GPTQConfig
 from quantbook.methods.packed import PackedLinear
 from quantbook.methods.weight_only import WeightOnlyConfig
+from quantbook.sweep import Workload
 from quantbook.tokenizer import CharTokenizer
 
 
@@ -82,12 +83,18 @@ def test_results_helpers(tmp_path):
 
 
 def test_bench_configs():
-    configs = lowbit.bench_configs("gpt")
+    gpt = Workload("gpt", None, "perplexity", None, linear_targets=lowbit.GPT_TARGETS)
+    configs = lowbit.bench_configs(gpt)
     assert {"GPTQ int4 group32 act-order", "GPTQ int3 group32 act-order", "AWQ int4 group32",
             "AWQ int3 group32"} <= set(configs)
-    assert set(lowbit.bench_configs("minilm")) == {
+    assert configs["AWQ int4 group32"].targets == lowbit.GPT_TARGETS
+    minilm = Workload("minilm", None, "lee_pearson", None, linear_targets=lowbit.MINILM_TARGETS)
+    assert set(lowbit.bench_configs(minilm)) == {
         "GPTQ int4 group32 act-order", "GPTQ int3 group32 act-order", "AWQ int4 group32",
         "AWQ int3 group32"}
+    with pytest.raises(TypeError, match=r"workload is a str: expected a Workload, e\.g\. "
+                                        r"quantbook\.bench\.workload\(\"gpt\"\)"):
+        lowbit.bench_configs("gpt")
 
 
 def test_layer_errors_rank_the_methods():

@@ -25,6 +25,7 @@ from quantbook.methods.base import MethodConfig, QuantReport
 from quantbook.methods.gptq import GPTQConfig, quantize_gptq
 from quantbook.methods.mixed import MixedConfig, quantize_mixed
 from quantbook.methods.weight_only import WeightOnlyConfig
+from quantbook.sweep import Workload
 from quantbook.widgets import image_view, linked_views
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "lowbit.json"
@@ -130,22 +131,25 @@ def sweep_rows(results: dict, model: str = "gpt") -> list[dict]:
     return rows
 
 
-def bench_configs(workload: str) -> dict[str, MethodConfig]:
-    """The rows this chapter adds to ``make bench``: GPTQ and AWQ at int4 and int3 group 32,
-    and on the GPT the mixed plan at int3's bytes (read from the committed results)."""
-    targets = GPT_TARGETS if workload == "gpt" else MINILM_TARGETS
+def bench_configs(workload: Workload) -> dict[str, MethodConfig]:
+    """The rows this chapter adds to ``make bench``, label -> config, on ``workload``'s Linear
+    groups: GPTQ and AWQ at int4 and int3 group 32, and on the GPT (``workload.name ==
+    "gpt"``) the mixed plan at int3's bytes (read from the committed results)."""
+    if not isinstance(workload, Workload):
+        raise TypeError(f"workload is a {type(workload).__name__}: expected a Workload, "
+                        "e.g. quantbook.bench.workload(\"gpt\")")
+    targets = tuple(workload.linear_targets)
     configs = {}
     for method in ("GPTQ", "AWQ"):
         for bits in (4, 3):
             config = method_config(method, bits, 32, targets)
             configs[config.label] = config
     results = load_results() if RESULTS.is_file() else {}
-    if workload == "gpt" and "mixed" in results:
+    if workload.name == "gpt" and "mixed" in results:
         plan = tuple((n, b) for n, b in results["mixed"]["plans"]["3"]["plan"])
         config = MixedConfig(plan=plan, group_size=32)
         configs[config.label + " (int3 bytes)"] = config
     return configs
-
 
 # ----------------------------------------------------------------------------- figures
 METHOD_COLORS = {"RTN": "tab:blue", "GPTQ": "tab:orange", "AWQ": "tab:green", "QAT": "tab:red"}
