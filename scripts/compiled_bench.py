@@ -84,12 +84,29 @@ def first_call(label: str, model, workload, kernels: dict, costs: dict) -> None:
                       "fused": explore_compiled.fused_kernels(codes, top=6)}
 
 
-def agreement(workload, compiled_model) -> float:
-    """Relative difference between a compiled model and the model it compiled, timed call."""
+def agreement(workload, compiled_model) -> dict:
+    """How far a compiled model's first output is from the model it compiled, timed call.
+
+    :func:`quantbook.explore_compiled.agreement`: ``relative_difference`` over all positions
+    and, for MiniLM's padded batch, ``relative_difference_real`` over real tokens (the ones
+    mean pooling keeps) and ``relative_difference_padding``. For scale, also how far the
+    reference and the compiled model each are from the float model (``reference_vs_float``,
+    ``compiled_vs_float``; real tokens where there is a mask): a q/dq graph rounds to codes,
+    so the compiled model's different float rounding flips some codes and can differ from its
+    reference about as much as the reference differs from float, while staying as close to
+    float as the reference is.
+    """
     with torch.inference_mode():
         fast = workload.run(compiled_model)[0]
         reference = workload.run(compiled_model.inner)[0]
-    return float((fast - reference).norm() / reference.norm())
+        float_out = workload.run(workload.model)[0]
+    batch = workload.timed_inputs[0]
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    result = explore_compiled.agreement(reference, fast, mask)
+    key = "relative_difference" if mask is None else "relative_difference_real"
+    for label, out in (("reference_vs_float", reference), ("compiled_vs_float", fast)):
+        result[label] = explore_compiled.agreement(float_out, out, mask)[key]
+    return result
 
 
 def run_model(name: str, repeats: int, log) -> tuple[list[BenchRecord], dict]:
@@ -105,7 +122,7 @@ def run_model(name: str, repeats: int, log) -> tuple[list[BenchRecord], dict]:
         model = runner.quantized(config)
         build = {"build_s": time.perf_counter() - start, "build_cpu_s": cpu_seconds() - cpu}
         first_call(label, model, workload, kernels, costs)
-        costs[label].update(build, relative_difference=agreement(workload, model))
+        costs[label].update(build, **agreement(workload, model))
     records = runner.run(configs, timed=True, warmup=2, repeats=repeats, progress=log)
     # the same quantized models uncompiled, and chapter 05's eager static recipe
     eager = {"torchao int8 dynamic": "torchao int8 dynamic, compiled",

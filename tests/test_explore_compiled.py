@@ -97,3 +97,50 @@ def test_load_compiled_and_speedup_rows(tmp_path):
     with pytest.raises(ValueError, match=r"model='gpt' has no timed records: choose from "
                                          r"\['minilm'\]"):
         ec.speedup_rows(loaded, "gpt")
+
+
+def test_agreement_splits_real_tokens_from_padding():
+    reference = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # (B=1, T=2, hidden=2)
+    other = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # differs only at the padded token
+    mask = torch.tensor([[1, 0]])
+    assert ec.agreement(reference, other) == {"relative_difference": pytest.approx(2 ** -0.5)}
+    split = ec.agreement(reference, other, mask)
+    assert split == {"relative_difference": pytest.approx(2 ** -0.5),
+                     "relative_difference_real": 0.0, "relative_difference_padding": 1.0}
+    full = ec.agreement(reference, other, torch.ones(1, 2, dtype=torch.long))
+    assert full["relative_difference_padding"] is None
+    assert full["relative_difference_real"] == full["relative_difference"]
+
+
+def test_agreement_on_a_padded_batch_of_a_model():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(3, 5, 16)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] * 4 + [0]])
+    with torch.no_grad():
+        reference = model(x)
+        other = reference.clone()
+        other[mask == 0] += 0.5  # a compiled model that only differs where pooling looks away
+    split = ec.agreement(reference, other, mask)
+    assert split["relative_difference_real"] == 0.0
+    assert split["relative_difference"] > 0.1 and split["relative_difference_padding"] > 0.1
+
+
+def test_agreement_errors_name_the_fix():
+    reference = torch.ones(2, 3, 4)
+    with pytest.raises(ValueError, match=r"other has shape \(2, 3\), reference \(2, 3, 4\): "
+                                         r"pass two outputs of the same call"):
+        ec.agreement(reference, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(3, 2\): expected "
+                                         r"\(2, 3\), the \(batch, tokens\)"):
+        ec.agreement(reference, reference, torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"attention_mask is all zeros: it marks no real "
+                                         r"token"):
+        ec.agreement(reference, reference, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"reference is all zeros over the positions compared"):
+        ec.agreement(torch.zeros(2, 3, 4), reference)
+    with pytest.raises(TypeError, match=r"other is a dict: pass a tensor \(a model's "
+                                        r"output\[0\] or .last_hidden_state"):
+        ec.agreement(reference, {"last_hidden_state": reference})
+    with pytest.raises(TypeError, match=r"attention_mask is a list: pass a tensor"):
+        ec.agreement(reference, reference, [[1, 1, 1], [1, 1, 0]])

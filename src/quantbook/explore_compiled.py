@@ -231,6 +231,61 @@ def pooled_cosine(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tens
     return float(nn.functional.cosine_similarity(a, b, dim=-1).mean())
 
 
+def agreement(reference: torch.Tensor, other: torch.Tensor,
+              attention_mask: torch.Tensor | None = None) -> dict[str, float | None]:
+    """How far ``other`` (say a compiled model's output) is from ``reference``: relative norms.
+
+    MiniLM's mean pooling drops the vectors at padding positions, so with a mask the
+    difference is also given over real tokens alone (the ones a sentence embedding keeps)
+    and over padding. Example: reference ``[[1, 0], [1, 0]]``, other ``[[1, 0], [0, 0]]``,
+    mask ``[1, 0]`` (one real token, one pad): ``relative_difference`` 0.71, ``_real`` 0.0.
+
+    Args:
+        reference: ``(B, T, ...)`` outputs of the reference model.
+        other: the same shape.
+        attention_mask: optional ``(B, T)``, 1 at real tokens and 0 at padding.
+
+    Returns:
+        ``relative_difference`` (``|other - reference| / |reference|`` over all positions);
+        with a mask, also ``relative_difference_real`` and ``relative_difference_padding``
+        (``None`` when the batch has no padding).
+    """
+    given = {"reference": reference, "other": other}
+    if attention_mask is not None:
+        given["attention_mask"] = attention_mask
+    for name, value in given.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} is a {type(value).__name__}: pass a tensor (a model's "
+                            "output[0] or .last_hidden_state; the batch's attention_mask)")
+    if other.shape != reference.shape:
+        raise ValueError(f"other has shape {tuple(other.shape)}, reference "
+                         f"{tuple(reference.shape)}: pass two outputs of the same call")
+    reference, other = reference.float(), other.float()
+
+    def relative(where: torch.Tensor | None = None) -> float:
+        ref, diff = (reference, other - reference) if where is None else (
+            reference[where], (other - reference)[where])
+        if not ref.norm() > 0:
+            raise ValueError("reference is all zeros over the positions compared: a relative "
+                             "difference needs a nonzero reference output")
+        return float(diff.norm() / ref.norm())
+
+    result: dict[str, float | None] = {"relative_difference": relative()}
+    if attention_mask is None:
+        return result
+    if attention_mask.shape != reference.shape[:2]:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}: expected "
+                         f"{tuple(reference.shape[:2])}, the (batch, tokens) of the outputs "
+                         "(pass the mask of the batch that made them)")
+    real = attention_mask.bool()
+    if not real.any():
+        raise ValueError("attention_mask is all zeros: it marks no real token (1 = token, "
+                         "0 = padding)")
+    result["relative_difference_real"] = relative(real)
+    result["relative_difference_padding"] = relative(~real) if not real.all() else None
+    return result
+
+
 def output_spans(model: nn.Module, batch: dict) -> dict[str, float]:
     """``max - min`` of every Linear's output over ``batch``, widest first."""
     spans: dict[str, float] = {}
