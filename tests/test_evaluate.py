@@ -7,13 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from quantbook.data import lee_dir
+from quantbook.data import lee_dir, lee_similarities
 from quantbook.evaluate import (
     average_ranks,
     embedding_cosine,
     evaluate_minilm,
     lee_correlation,
     pearson,
+    pearson_interval,
     spearman,
 )
 
@@ -123,3 +124,45 @@ def test_evaluate_minilm_on_the_float_model():
     to_reference = unit.sum(dim=1) / math.sqrt(384)  # cosine of each row with (1, ..., 1)
     assert result["cosine_mean"] == pytest.approx(to_reference.mean().item(), abs=1e-9)
     assert result["cosine_min"] == pytest.approx(to_reference.min().item(), abs=1e-9)
+
+
+def _lee_like_embeddings(noise: float, seed: int) -> np.ndarray:
+    """Embeddings whose cosines follow the human ratings, plus noise: a Pearson well above 0."""
+    rng = np.random.default_rng(seed)
+    values, vectors = np.linalg.eigh(lee_similarities() + np.eye(50))
+    base = vectors * np.sqrt(np.clip(values, 0, None))  # (50, 50): rows' dot products ~ ratings
+    return base + noise * rng.standard_normal(base.shape)
+
+
+def test_pearson_interval_contains_the_estimate_and_is_reproducible():
+    e = _lee_like_embeddings(0.3, seed=0)
+    ci = pearson_interval(e, n_resamples=300)
+    assert ci["estimate"] == pytest.approx(lee_correlation(e)["pearson"])
+    assert ci["low"] < ci["estimate"] < ci["high"]
+    assert 0.01 < ci["high"] - ci["low"] < 0.5  # 50 articles: a real, finite spread
+    assert pearson_interval(e, n_resamples=300) == ci  # seeded
+    wider = pearson_interval(e, n_resamples=300, level=0.99)
+    assert wider["low"] <= ci["low"] and wider["high"] >= ci["high"]
+
+
+def test_paired_difference_interval():
+    e = _lee_like_embeddings(0.3, seed=0)
+    same = pearson_interval(e, e.copy(), n_resamples=200)
+    assert same["estimate"] == same["low"] == same["high"] == 0.0  # identical models
+    worse = pearson_interval(e, _lee_like_embeddings(3.0, seed=1), n_resamples=200)
+    assert worse["estimate"] < 0 and worse["high"] < 0  # much noisier: clearly worse
+    tiny = pearson_interval(e, e + 1e-3 * np.random.default_rng(2).standard_normal(e.shape),
+                            n_resamples=200)
+    single = pearson_interval(e, n_resamples=200)
+    # pairing cancels what the two models share: the difference's interval is far narrower
+    assert 20 * (tiny["high"] - tiny["low"]) < single["high"] - single["low"]
+
+
+def test_pearson_interval_errors():
+    e = _lee_like_embeddings(0.3, seed=0)
+    with pytest.raises(ValueError, match="level=1.5"):
+        pearson_interval(e, level=1.5)
+    with pytest.raises(ValueError, match="n_resamples=10"):
+        pearson_interval(e, n_resamples=10)
+    with pytest.raises(ValueError, match="other has 49 rows"):
+        pearson_interval(e, e[:49])

@@ -102,3 +102,15 @@ def test_live_explorer_updates_on_a_budget_change():
     with pytest.raises(ValueError, match=r"start_pct=3 is not one of budgets=\[0\.2, 6\.0\]: "
                                          r"pick one of them"):
         ec.explorer(RECORDS, (0.2, 6.0), start_pct=3)
+
+
+def test_picks_keep_the_embedding_cosine_floor():
+    from dataclasses import replace
+
+    moved = replace(record("weight-only int4", WEIGHT, 0.2, 0.9, 0.648, "lee_pearson", 0.65,
+                           "minilm"), secondary={"cosine_mean": 0.95})  # small, Pearson -0.3 %
+    records = [*RECORDS, moved]
+    assert "weight-only int4 (20.0%" in ec.picks_html(records, 2.0, min_cosine=None)
+    html = ec.picks_html(records, 2.0)  # the floor: choose.MIN_COSINE
+    assert choose.MIN_COSINE > 0.95 and "weight-only int4 (20.0%" not in html
+    assert "dynamic int8 per-tensor (55.0%" in html

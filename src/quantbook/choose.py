@@ -18,6 +18,11 @@ LOWER_IS_BETTER = {"perplexity": True, "lee_pearson": False}
 COSTS = {"size": ("size_ratio", "size (fraction of float32)"),
          "speed": ("speedup", "speed-up over float32 (x)")}
 BUDGETS_PCT = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0)
+# the embedding cosine to float32 a budgeted pick must keep, where a workload measures one: the
+# Lee Pearson cannot resolve losses below a few hundredths (evaluate.pearson_interval), so a
+# budget on it alone would accept embeddings that moved far; the cosine compares each text
+# with itself
+MIN_COSINE = 0.99
 RESOLUTION_PCT = 0.01  # quality losses closer than this count as equal on a Pareto front
 
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from quantbook.choose import (
     BUDGETS_PCT,
     COSTS,
+    MIN_COSINE,
     model_records,
     pareto_front,
     pick,
@@ -39,12 +40,14 @@ def family_color(family: str) -> str:
 
 
 def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
-                max_loss_pct: float | None = None, title: str = "") -> plt.Axes:
+                max_loss_pct: float | None = None, min_cosine: float | None = MIN_COSINE,
+                title: str = "") -> plt.Axes:
     """Quality loss against cost for one model's records; the Pareto front drawn as a line.
 
     The front's points are numbered and named in the legend. With ``max_loss_pct``, records
-    over that budget are drawn faint and the pick within it is ringed. Negative losses (better
-    than float32) are drawn below zero on the symmetric-log axis.
+    over that budget are drawn faint and the pick within it is ringed (among the records whose
+    embedding cosine to float32, where measured, is at least ``min_cosine``). Negative losses
+    (better than float32) are drawn below zero on the symmetric-log axis.
     """
     front = pareto_front(records, cost)  # also rejects an unknown cost
     key, label = COSTS[cost]
@@ -67,7 +70,7 @@ def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
     ax.legend(handles=names, loc="best", fontsize=7, handlelength=0, handletextpad=0,
               title="Pareto front", title_fontsize=7, framealpha=0.85)
     if max_loss_pct is not None:
-        best = pick(records, max_loss_pct, cost)
+        best = pick(records, max_loss_pct, cost, min_cosine=min_cosine)
         ax.scatter(getattr(best, key), quality_loss_pct(best), s=260, facecolors="none",
                    edgecolors="crimson", lw=2, zorder=4)
         ax.axhline(max_loss_pct, color="crimson", lw=0.8, ls=":")
@@ -86,14 +89,15 @@ def legend_handles(families: Sequence[str]) -> list:
 
 
 def budget_figure(records: Sequence[BenchRecord], max_loss_pct: float | None = None,
-                  models: Sequence[str] = ("gpt", "minilm")) -> plt.Figure:
+                  models: Sequence[str] = ("gpt", "minilm"),
+                  min_cosine: float | None = MIN_COSINE) -> plt.Figure:
     """Both Pareto charts (size, speed) for each model, optionally with a quality budget."""
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)),
                              layout="constrained", squeeze=False)
     for row, model in zip(axes, models, strict=True):
         chosen = model_records(records, model)
         for ax, cost in zip(row, COSTS, strict=True):
-            plot_pareto(chosen, cost, ax, max_loss_pct=max_loss_pct,
+            plot_pareto(chosen, cost, ax, max_loss_pct=max_loss_pct, min_cosine=min_cosine,
                         title=f"{MODEL_TITLES.get(model, model)}: {cost}")
     families = list(dict.fromkeys(r.family for r in records))
     fig.legend(handles=legend_handles(families), loc="outside lower center",
@@ -104,12 +108,15 @@ def budget_figure(records: Sequence[BenchRecord], max_loss_pct: float | None = N
 
 
 def picks_html(records: Sequence[BenchRecord], max_loss_pct: float,
-               models: Sequence[str] = ("gpt", "minilm")) -> str:
-    """A small HTML table: per model, the smallest and the fastest method within the budget."""
+               models: Sequence[str] = ("gpt", "minilm"),
+               min_cosine: float | None = MIN_COSINE) -> str:
+    """A small HTML table: per model, the smallest and the fastest method within the budget
+    (and, where an embedding cosine is measured, at least ``min_cosine`` of it)."""
     rows = []
     for model in models:
         chosen = model_records(records, model)
-        small, fast = pick(chosen, max_loss_pct, "size"), pick(chosen, max_loss_pct, "speed")
+        small, fast = (pick(chosen, max_loss_pct, cost, min_cosine=min_cosine)
+                       for cost in ("size", "speed"))
         rows.append(
             f"<tr><td>{model}</td><td>{small.method} ({small.size_ratio:.1%}, loss "
             f"{quality_loss_pct(small):.2f} %)</td><td>{fast.method} ({fast.speedup:.2f}x, "
