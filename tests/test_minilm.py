@@ -112,3 +112,12 @@ def test_embed_errors(minilm):
         embed(model, tokenizer, ["x"], batch_size=0)
     with pytest.raises(ValueError, match=r"max_length=513 is not supported: choose 1\.\.512"):
         embed(model, tokenizer, ["x"], max_length=513)
+
+
+def test_model_card_facts_chapter_01_states():
+    """Chapter 01 describes the model from its shipped card: base model, data, shape."""
+    card = (model_dir() / "README.md").read_text()
+    assert "nreimers/MiniLM-L6-H384-uncased" in card
+    assert "contrastive" in card and "above 1 billion" in card
+    config = json.loads((model_dir() / "config.json").read_text())
+    assert config["num_hidden_layers"] == 6 and config["hidden_size"] == 384
