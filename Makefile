@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # unit tests: two pytest workers, one torch thread each (tests/conftest.py)
 WORKERS ?= 2
 
-.PHONY: help setup book test lint unit nbval build browser notebooks checkpoint bench bench-commit bench-compiled outliers lowbit qat lab clean
+.PHONY: help setup book test lint unit nbval build browser notebooks checkpoint bench bench-commit bench-compiled compiled-agreement outliers lowbit qat lab clean
 
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
@@ -16,9 +16,11 @@ help:
 	@echo "make browser     test the built site offline in headless Chromium (screenshots: _build/screenshots)"
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
 	@echo "make checkpoint  retrain the small GPT and rewrite its committed checkpoint"
-	@echo "make bench       run every quantization method on both models, print the table"
-	@echo "make bench-commit  make the last bench run the one chapter 06 renders"
+	@echo "make bench       every method of chapters 03-08 on both models, print the table (~1 h)"
+	@echo "                 a few rows: make bench BENCH_ARGS='--only \"AWQ int4 group32\"' (--only help lists them)"
+	@echo "make bench-commit  make the last bench run the one chapter 09 renders"
 	@echo "make bench-compiled  recompute the compiled-path chapter's stored results (~30-75 min)"
+	@echo "make compiled-agreement  recompute chapter 06's compiled-vs-reference check (~20 min)"
 	@echo "make lowbit      recompute the below-8-bits chapter's stored results (~25 min)"
 	@echo "make qat         retrain the 2-bit QAT GPT the below-8-bits chapter loads (~2 min)"
 	@echo "make outliers    recompute the activation-outliers chapter's stored results (~10 min)"
@@ -50,10 +52,13 @@ unit: setup
 # machine reproduces outputs stored on an AVX2 one, digit for digit
 REPRODUCE := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
-# strict nbval: every stored output is compared. One notebook at a time: each kernel uses both
-# cores, and two kernels on 2 cores oversubscribe them (token-by-token sampling ran 20x slower).
+# strict nbval: every stored output is compared. Two notebooks at a time (--dist loadfile keeps
+# each notebook's cells in one kernel), each kernel on one thread, so that two kernels never
+# oversubscribe two cores; the stored outputs do not depend on the thread count (checked), and
+# cells that compare thread counts set them themselves (quantbook.measure.num_threads).
 nbval: setup
-	$(REPRODUCE) $(BIN)/pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
+	OMP_NUM_THREADS=1 $(REPRODUCE) $(BIN)/pytest --nbval notebooks -q -n $(WORKERS) \
+		--dist loadfile --nbval-sanitize-with notebooks/sanitize.cfg
 
 # the built site as a reader sees it, with the network cut off (needs root or user namespaces)
 browser: build
@@ -68,10 +73,11 @@ notebooks: setup
 checkpoint: setup
 	$(BIN)/python scripts/train_gpt.py
 
+# BENCH_ARGS: scripts/bench.py's options, e.g. --no-compiled (no C++ compiler) or --only LABEL...
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
-# the committed run that chapter 06 renders; re-execute chapter 06 afterwards (make notebooks)
+# the committed run that chapter 09 renders; re-execute chapter 09 afterwards (make notebooks)
 bench-commit: _build/bench/results.json
 	cp _build/bench/results.json src/quantbook/results/bench.json
 	@echo "src/quantbook/results/bench.json updated: re-run chapter 06 (make notebooks)"
@@ -87,6 +93,11 @@ outliers: setup
 # the stored results of chapter 06 (compiled path): compiling MiniLM takes minutes per model
 bench-compiled: setup
 	$(BIN)/python scripts/compiled_bench.py --out src/quantbook/results/compiled.json
+
+# chapter 06's check that the compiled MiniLM computes what its reference does (~20 min: compiles)
+compiled-agreement: setup
+	rm -f src/quantbook/results/compiled_agreement.json
+	$(BIN)/python scripts/compiled_agreement.py torchao_eval pt2e_eval
 
 # the stored results of chapter 08 (below 8 bits): RTN/GPTQ/AWQ at 2-4 bits on both models,
 # the calibration sweep and the mixed bit-width plan (`--sections` runs parts)
