@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import warnings
 
 import ipywidgets as widgets
 import matplotlib
@@ -17,7 +18,10 @@ from torch import nn  # noqa: E402
 from quantbook import explore_dynamic as ed  # noqa: E402
 from quantbook import measure  # noqa: E402
 from quantbook.methods import DynamicConfig, Sensitivity, quantize_dynamic  # noqa: E402
-from quantbook.methods.dynamic import dynamic_activation_qparams  # noqa: E402
+from quantbook.methods.dynamic import (  # noqa: E402
+    dynamic_activation_qparams,
+    engine_reduces_range,
+)
 from quantbook.sweep import Sweep, Workload  # noqa: E402
 from quantbook.targets import list_targets  # noqa: E402
 
@@ -66,6 +70,40 @@ def test_simulation_with_other_qparams_is_further_from_the_kernel():
     assert (other - reference).abs().max() > 1e-3
     assert torch.equal(ed.simulate_dynamic_linear(layer, x, qparams=(scale, zero_point)),
                        ed.simulate_dynamic_linear(layer, x))
+
+
+ENGINES = [e for e in ("x86", "fbgemm", "onednn", "qnnpack")
+           if e in torch.backends.quantized.supported_engines]
+
+
+@pytest.fixture
+def engine(request):
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = request.param
+    yield request.param
+    torch.backends.quantized.engine = before
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_the_default_range_follows_the_engine(engine):
+    # qnnpack ignores reduce_range and quantizes activations to 8 bits; the others use 7
+    layer = quantized_linear("tensor")
+    x = torch.randn(64, 24, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = layer(x)
+    seven_bits = engine != "qnnpack"
+    assert engine_reduces_range() is seven_bits and engine_reduces_range(engine) is seven_bits
+    right = (ed.simulate_dynamic_linear(layer, x) - reference).abs().max()
+    wrong = (ed.simulate_dynamic_linear(layer, x, reduce_range=not seven_bits)
+             - reference).abs().max()
+    assert right < 1e-4 < wrong
+    assert dynamic_activation_qparams(x) == dynamic_activation_qparams(x, seven_bits)
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match=r"engine='arm' is not supported here: choose from"):
+        engine_reduces_range("arm")
 
 
 def test_simulation_rejects_a_float_linear():

@@ -17,7 +17,11 @@ from matplotlib.ticker import FuncFormatter
 from torch import nn
 
 from quantbook import measure
-from quantbook.methods.dynamic import DynamicConfig, dynamic_activation_qparams
+from quantbook.methods.dynamic import (
+    DynamicConfig,
+    dynamic_activation_qparams,
+    engine_reduces_range,
+)
 from quantbook.methods.sensitivity import Sensitivity
 from quantbook.records import FLOAT_FAMILY, BenchRecord
 from quantbook.sweep import Sweep
@@ -63,7 +67,7 @@ def capture_inputs(model: nn.Module, name: str, run: Callable[[], object]) -> li
     return seen
 
 
-def simulate_dynamic_linear(layer: nn.Module, x: torch.Tensor, reduce_range: bool = True,
+def simulate_dynamic_linear(layer: nn.Module, x: torch.Tensor, reduce_range: bool | None = None,
                             qparams: tuple[float, int] | None = None) -> torch.Tensor:
     """Recompute a dynamically quantized Linear by hand, from its stored weight and ``x``.
 
@@ -76,12 +80,16 @@ def simulate_dynamic_linear(layer: nn.Module, x: torch.Tensor, reduce_range: boo
     Args:
         layer: a ``torch.ao.nn.quantized.dynamic.Linear`` with int8 weights.
         x: its float input, shape ``(..., in_features)``.
-        reduce_range: 7-bit activations (codes 0..127), as the x86 kernels use.
+        reduce_range: 7-bit activations (codes 0..127), as the x86 kernels use; ``None``
+            (default) follows the engine in use
+            (:func:`~quantbook.methods.dynamic.engine_reduces_range`).
         qparams: ``(scale, zero_point)`` to use instead of the ones ``x`` would get.
     """
     if not callable(getattr(layer, "weight", None)) or not hasattr(layer, "bias"):
         raise TypeError(f"layer is a {type(layer).__name__}: expected a dynamically quantized "
                         "Linear (torch.ao.nn.quantized.dynamic.Linear)")
+    if reduce_range is None:
+        reduce_range = engine_reduces_range()
     scale, zero_point = qparams or dynamic_activation_qparams(x, reduce_range)
     qmax = 127 if reduce_range else 255
     # FBGEMM computes zero_point + x * (1 / scale) with one fused multiply-add in float32 and

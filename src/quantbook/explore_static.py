@@ -26,7 +26,7 @@ from torch import nn
 
 from quantbook.affine import sqnr_db
 from quantbook.methods.base import swap_modules
-from quantbook.methods.dynamic import dynamic_activation_qparams
+from quantbook.methods.dynamic import dynamic_activation_qparams, engine_reduces_range
 from quantbook.methods.static import OBSERVERS, StaticConfig, qconfig
 from quantbook.quiet import quiet_torch_ao
 
@@ -130,10 +130,12 @@ def requant_sqnr_db(batches: Sequence[torch.Tensor], scale: float, zero_point: i
 def dynamic_sqnr_db(batches: Sequence[torch.Tensor]) -> float:
     """SQNR in dB when each batch is quantized with its own range, as dynamic quantization does."""
     xs, approx = [], []
+    reduce_range = engine_reduces_range()  # 7-bit codes, or 8 under qnnpack
     for b in batches:
-        scale, zero_point = dynamic_activation_qparams(b)
+        scale, zero_point = dynamic_activation_qparams(b, reduce_range)
         xs.append(b.flatten())
-        approx.append(torch.fake_quantize_per_tensor_affine(b.flatten(), scale, zero_point, 0, 127))
+        approx.append(torch.fake_quantize_per_tensor_affine(
+            b.flatten(), scale, zero_point, 0, 127 if reduce_range else 255))
     return sqnr_db(torch.cat(xs), torch.cat(approx))
 
 

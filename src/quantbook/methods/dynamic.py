@@ -37,6 +37,7 @@ from quantbook.validate import check_model
 
 GRANULARITIES = ("tensor", "channel")
 DTYPES = ("int8", "float16")
+FLOAT16_ENGINES = ("x86", "fbgemm")  # qnnpack and onednn have no linear_prepack_fp16
 EMBEDDING_BITS = (None, 8, 4)
 _SMALL_SCALE = float(np.float32(6.1e-5))  # ATen's SMALL_SCALE_THRESHOLD
 
@@ -146,6 +147,11 @@ def quantize_dynamic(model: nn.Module, config: DynamicConfig = DynamicConfig()
     if not isinstance(config, DynamicConfig):
         raise TypeError(f"config is a {type(config).__name__}: expected a DynamicConfig")
     check_model(model, config.label)
+    engine = torch.backends.quantized.engine
+    if config.dtype == "float16" and engine not in FLOAT16_ENGINES:
+        raise ValueError(f"dtype='float16' needs the x86 or fbgemm engine, and the engine in use "
+                         f"is {engine!r} (torch.backends.quantized.engine): {engine} has no "
+                         "float16 dynamic Linear. Use dtype='int8' on this engine")
     selection = select(model, config)
     qconfigs = _qconfigs(config)
     spec = {name: qconfigs[type(model.get_submodule(name))] for name in selection.chosen}
@@ -160,7 +166,28 @@ def quantize_dynamic(model: nn.Module, config: DynamicConfig = DynamicConfig()
                   lambda m: type(m) in (nnqd.Linear, nnq.Embedding))
 
 
-def dynamic_activation_qparams(x: torch.Tensor, reduce_range: bool = True) -> tuple[float, int]:
+def engine_reduces_range(engine: str | None = None) -> bool:
+    """Whether the quantized engine's dynamic int8 Linear quantizes activations to 7 bits.
+
+    ``x86``, ``fbgemm`` and ``onednn`` honour ``reduce_range`` (codes ``[0, 127]``, so that the
+    16-bit intermediate sums of int8 multiplies without VNNI cannot saturate); ``qnnpack``, the
+    engine of ARM builds, ignores it and uses all of ``[0, 255]``, with the warning "qnnpack
+    incorrectly ignores reduce_range".
+
+    Args:
+        engine: a name from ``torch.backends.quantized.supported_engines``; ``None`` (default)
+            means the engine in use, ``torch.backends.quantized.engine``.
+    """
+    engines = torch.backends.quantized.supported_engines
+    engine = torch.backends.quantized.engine if engine is None else engine
+    if engine not in engines or engine == "none":
+        raise ValueError(f"engine={engine!r} is not supported here: choose from "
+                         f"{[e for e in engines if e != 'none']}")
+    return engine != "qnnpack"
+
+
+def dynamic_activation_qparams(x: torch.Tensor,
+                               reduce_range: bool | None = None) -> tuple[float, int]:
     """The activation ``scale`` and ``zero_point`` a dynamic int8 Linear picks for input ``x``.
 
     The range is widened to contain 0 (so that 0 is exact), mapped onto quint8 ``[0, 255]``, or
@@ -173,13 +200,16 @@ def dynamic_activation_qparams(x: torch.Tensor, reduce_range: bool = True) -> tu
 
     Args:
         x: the float input of one call (any shape).
-        reduce_range: use 7 bits; ``True`` matches ``DynamicQuantizedLinear`` on x86.
+        reduce_range: use 7 bits; ``None`` (default) does what the engine in use does
+            (:func:`engine_reduces_range`: 7 bits on x86, 8 under qnnpack).
 
     Returns:
         ``(scale, zero_point)`` as a Python float and int.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
         raise TypeError(f"x must be a non-empty floating-point tensor, got {type(x).__name__}")
+    if reduce_range is None:
+        reduce_range = engine_reduces_range()
     qmin, qmax = (0, 127) if reduce_range else (0, 255)
     low = min(float(x.min()), 0.0)
     high = max(float(x.max()), 0.0)
