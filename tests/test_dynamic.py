@@ -135,6 +135,19 @@ def test_activation_qparams_match_torch(low, width, tiny, reduce_range):
     assert dynamic_activation_qparams(x, reduce_range) == expected
 
 
+@pytest.mark.parametrize("engine", [e for e in ("qnnpack", "onednn")
+                                    if e in torch.backends.quantized.supported_engines])
+def test_float16_is_refused_where_the_engine_lacks_it(gpt, engine):
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        with pytest.raises(ValueError, match=rf"dtype='float16' needs the x86 or fbgemm engine, "
+                                             rf"and the engine in use is '{engine}'"):
+            quantize_dynamic(gpt, DynamicConfig(dtype="float16"))
+    finally:
+        torch.backends.quantized.engine = before
+
+
 def test_float16_variant(gpt, ids):
     (q, report), caught = quiet_call(quantize_dynamic, gpt, DynamicConfig(dtype="float16"))
     assert caught == [] and report.label == "dynamic float16"

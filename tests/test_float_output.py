@@ -23,6 +23,27 @@ def test_input_qparams_match_the_hand_computed_case():
     assert zero_point == 32  # 0 - round(-1 / (4 / 127)) = round(31.75)
 
 
+@pytest.mark.parametrize("engine", [e for e in ("qnnpack", "onednn")
+                                    if e in torch.backends.quantized.supported_engines])
+def test_engines_without_the_fused_kernel_compute_the_same_values(engine):
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 10)
+    x = torch.randn(3, 5, 24) * 2
+    scale, zero_point = input_qparams(x.min(), x.max())
+    fused = StaticInt8Linear(linear, scale, zero_point)
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:  # the fused fbgemm op raises "not implemented for this packed parameter type" here
+        other = StaticInt8Linear(linear, scale, zero_point)
+        got = other(x)
+        state = other.state_dict()
+    finally:
+        torch.backends.quantized.engine = before
+    assert fused._reference is None and other._reference is not None
+    torch.testing.assert_close(got, fused(x), atol=1e-4, rtol=1e-4)
+    assert state["weight"].dtype == torch.qint8 and size_bytes(other) == size_bytes(fused)
+
+
 def test_static_int8_linear_equals_fake_quantization_on_in_range_inputs():
     torch.manual_seed(0)
     linear = nn.Linear(24, 10)

@@ -8,7 +8,10 @@ other token's FFN contribution to zero. :class:`StaticInt8Linear` keeps everythi
 same - the input quantized with a calibrated per-tensor scale (codes 0..127, as the x86 kernel
 needs), int8 weights per output row - and returns the int32 accumulator dequantized to float32,
 in one fbgemm call (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``). This is also
-what the PT2E x86 path does: it quantizes Linear inputs, not outputs.
+what the PT2E x86 path does: it quantizes Linear inputs, not outputs. Engines without that
+kernel (``qnnpack`` on ARM, ``onednn``) get the same arithmetic through float kernels: the
+input rounded to its codes, the dequantized int8 weight, a float Linear (same values to
+float32 rounding, none of the int8 speed).
 
 Calibration is one pass of forward pre-hooks that keep each input channel's min and max
 (:func:`channel_ranges`); the per-tensor min-max range is their envelope, and the same
@@ -38,6 +41,9 @@ from quantbook.quiet import quiet_torch_ao
 from quantbook.validate import check_batches, check_model
 
 QMIN, QMAX = 0, 127  # quint8 input codes on 7 bits: the x86 kernel adds u8 x s8 pairs in int16
+# engines with quantized::linear_with_input_q_dq_qweight_dq_output_fp32; under the others
+# StaticInt8Linear computes the same quantized arithmetic with float kernels (slower)
+FUSED_ENGINES = ("x86", "fbgemm")
 
 
 @dataclass(frozen=True)
@@ -130,12 +136,30 @@ class StaticInt8Linear(nn.Module):
             raise ValueError(f"scale={scale!r} must be a positive finite number: calibrate on "
                              "batches with finite activations")
         bias = None if linear.bias is None else linear.bias.detach().float()
-        self._packed = torch.ops.quantized.linear_prepack(
-            quantize_weight(linear.weight, granularity), bias)
+        self._pack(quantize_weight(linear.weight, granularity), bias, scale, zero_point)
+
+    @classmethod
+    def from_qweight(cls, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float,
+                     zero_point: int) -> StaticInt8Linear:
+        """One over given qint8 weight codes, packed as they are (no second quantization)."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._pack(qweight, bias, scale, zero_point)
+        return module
+
+    def _pack(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float,
+              zero_point: int) -> None:
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
         self.scale, self.zero_point = float(scale), int(zero_point)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.out_features, self.in_features = qweight.shape
+        # qnnpack (ARM) and onednn have no fused kernel for this: the same arithmetic in float
+        self._reference = (None if torch.backends.quantized.engine in FUSED_ENGINES
+                           else (qweight.dequantize(), bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._reference is not None:
+            x = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
+            return nn.functional.linear(x, *self._reference)
         return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
             x, self.scale, self.zero_point, self._packed)
 

@@ -63,12 +63,7 @@ def int8_part(qweight: torch.Tensor, bias: torch.Tensor | None, scale: float,
 
     Its constructor would observe and quantize a float weight again, with scales of its own.
     """
-    part = StaticInt8Linear.__new__(StaticInt8Linear)
-    nn.Module.__init__(part)
-    part._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-    part.scale, part.zero_point = float(scale), int(zero_point)
-    part.out_features, part.in_features = qweight.shape
-    return part
+    return StaticInt8Linear.from_qweight(qweight, bias, scale, zero_point)
 
 
 class PEGLinear(nn.Module):
