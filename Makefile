@@ -11,12 +11,13 @@ STAMP := $(VENV)/.installed
 # unit tests: two pytest workers, one torch thread each (tests/conftest.py)
 WORKERS ?= 2
 
-.PHONY: help setup book test lint unit nbval build browser notebooks checkpoint bench bench-commit bench-compiled compiled-agreement outliers lowbit qat lab clean
+.PHONY: help setup book test lint unit nbval build browser portability notebooks checkpoint bench bench-commit bench-compiled compiled-agreement outliers lowbit qat lab clean
 
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
 	@echo "make test        lint, unit tests, strict nbval over every notebook, -W book build"
 	@echo "make browser     test the built site offline in headless Chromium (screenshots: _build/screenshots)"
+	@echo "make portability every notebook runs to the end under qnnpack and without vector kernels (~20 min)"
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
 	@echo "make checkpoint  retrain the small GPT and rewrite its committed checkpoint"
 	@echo "make bench       every method of chapters 03-08 on both models, print the table (~1 h)"
@@ -70,6 +71,19 @@ browser: build
 	$(BIN)/pytest tests/browser -q --confcutdir=tests/browser
 
 test: lint unit nbval browser
+
+# chapter 00's promise, checked: every notebook runs to the end (outputs may differ, so --nbval-lax
+# compares none) under ARM's quantized engine, qnnpack, set in each kernel by an IPython startup
+# file, and without ATen's vector kernels. About 10 min each on 2 cores; not part of `make test`.
+QNNPACK_IPYTHON := _build/ipython-qnnpack
+portability: setup
+	mkdir -p $(QNNPACK_IPYTHON)/profile_default/startup
+	echo 'import torch; torch.backends.quantized.engine = "qnnpack"' \
+		> $(QNNPACK_IPYTHON)/profile_default/startup/00-engine.py
+	IPYTHONDIR=$(QNNPACK_IPYTHON) OMP_NUM_THREADS=1 $(REPRODUCE) $(BIN)/pytest --nbval-lax \
+		$(or $(NOTEBOOKS),notebooks) -q -n $(WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default $(BIN)/pytest --nbval-lax \
+		$(or $(NOTEBOOKS),notebooks) -q -n $(WORKERS) --dist loadfile
 
 notebooks: setup
 	$(REPRODUCE) $(BIN)/python scripts/run_notebooks.py
