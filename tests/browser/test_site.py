@@ -257,3 +257,49 @@ def test_title_logo_favicon_footer_and_buttons(visit, screenshots):
     page.evaluate("() => localStorage.clear()")  # later pages open in the default mode again
     problems = view.problems + (chapter.problems if chapter is not view else [])
     assert not problems, "\n".join(problems)
+
+
+SIZES = {"laptop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_navigation_buttons_open_and_close_the_sidebars(visit, screenshots, size):
+    """The chapter-list button works at both sizes: it opens the drawer on a phone (and the
+    contents button the other), and collapses the sidebar on a laptop. With
+    pydata-sphinx-theme 0.17 under sphinx-book-theme 1.3 a second, hidden ``.primary-toggle``
+    took the handler and every button did nothing (pydata/pydata-sphinx-theme#2451)."""
+    view = visit(f"{TOC[2]}.html")
+    page = view.page
+    page.set_viewport_size(SIZES[size])
+    page.wait_for_timeout(400)  # the layout of the new width
+    sidebar = page.locator("#pst-primary-sidebar")
+
+    def shown(locator) -> bool:  # on screen, not merely in the DOM
+        return locator.evaluate("e => { const r = e.getBoundingClientRect();"
+                                " return getComputedStyle(e).visibility === 'visible'"
+                                " && r.width > 0 && r.left >= 0 }")
+
+    toggles = page.locator(".primary-toggle:visible")
+    assert toggles.count() == 1, f"{toggles.count()} visible chapter-list buttons"
+    assert page.locator("input[type=search]:visible").count() <= 1
+    assert shown(sidebar) is (size == "laptop")
+    if size == "phone":  # the theme moves the sidebar's content into a modal dialog
+        for button, dialog in ((".primary-toggle", "#pst-primary-sidebar-modal"),
+                               (".secondary-toggle", "#pst-secondary-sidebar-modal")):
+            drawer = page.locator(f"dialog{dialog}")
+            page.locator(f"{button}:visible").first.click()
+            page.wait_for_timeout(400)  # the drawer's CSS transition
+            assert drawer.evaluate("d => d.open") and shown(drawer), f"{button} did nothing"
+            page.screenshot(path=screenshots / f"nav-phone-{button[1:]}.png")
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(400)
+            assert not drawer.evaluate("d => d.open"), f"the drawer of {button} did not close"
+    else:
+        toggles.first.click()
+        page.wait_for_timeout(400)
+        assert not shown(sidebar), "the chapter-list button did nothing"
+        page.screenshot(path=screenshots / "nav-laptop-collapsed.png")
+        toggles.first.click()
+        page.wait_for_timeout(400)
+        assert shown(sidebar), "the sidebar did not come back"
+    assert not view.problems, "\n".join(view.problems)
