@@ -85,8 +85,19 @@ FBGEMM_ISA_ENV = "FBGEMM_ENABLE_INSTRUCTIONS"
 # AVX-512 and VNNI machines; readers running a notebook themselves get their CPU's fastest kernels
 REPRODUCIBLE = {"ATEN_CPU_CAPABILITY": "avx2", FBGEMM_ISA_ENV: "AVX2",
                 "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# the quantized engines that run FBGEMM's kernels. Only they have the float16 dynamic Linear and
+# the int8 Linear with a float output; qnnpack (ARM) and onednn lack both
+FBGEMM_ENGINES = ("x86", "fbgemm")
 # the instructions that multiply-accumulate int8 in one step (x86: VNNI or AMX; ARM: SDOT)
 INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def fbgemm_engine() -> bool:
+    """Whether the quantized engine in use runs FBGEMM's kernels (:data:`FBGEMM_ENGINES`).
+
+    The book's int8 speed figures are FBGEMM's; chapters check them only where this holds.
+    """
+    return torch.backends.quantized.engine in FBGEMM_ENGINES
 
 
 def has_int8_dot_product(cpuinfo: str | None = None) -> bool:

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantbook.machine import fbgemm_engine
 from quantbook.methods.base import MethodConfig, QuantReport, finish, select
 from quantbook.quiet import quiet_torch_ao
 from quantbook.validate import check_model
 
 GRANULARITIES = ("tensor", "channel")
 DTYPES = ("int8", "float16")
-FLOAT16_ENGINES = ("x86", "fbgemm")  # qnnpack and onednn have no linear_prepack_fp16
 EMBEDDING_BITS = (None, 8, 4)
 _SMALL_SCALE = float(np.float32(6.1e-5))  # ATen's SMALL_SCALE_THRESHOLD
 
@@ -148,7 +148,7 @@ def quantize_dynamic(model: nn.Module, config: DynamicConfig = DynamicConfig()
         raise TypeError(f"config is a {type(config).__name__}: expected a DynamicConfig")
     check_model(model, config.label)
     engine = torch.backends.quantized.engine
-    if config.dtype == "float16" and engine not in FLOAT16_ENGINES:
+    if config.dtype == "float16" and not fbgemm_engine():
         raise ValueError(f"dtype='float16' needs the x86 or fbgemm engine, and the engine in use "
                          f"is {engine!r} (torch.backends.quantized.engine): {engine} has no "
                          "float16 dynamic Linear. Use dtype='int8' on this engine")

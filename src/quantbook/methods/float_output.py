@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from quantbook.machine import fbgemm_engine
 from quantbook.methods.base import (
     MethodConfig,
     QuantReport,
@@ -41,9 +42,6 @@ from quantbook.quiet import quiet_torch_ao
 from quantbook.validate import check_batches, check_model
 
 QMIN, QMAX = 0, 127  # quint8 input codes on 7 bits: the x86 kernel adds u8 x s8 pairs in int16
-# engines with quantized::linear_with_input_q_dq_qweight_dq_output_fp32; under the others
-# StaticInt8Linear computes the same quantized arithmetic with float kernels (slower)
-FUSED_ENGINES = ("x86", "fbgemm")
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,7 @@ class StaticInt8Linear(nn.Module):
         self.scale, self.zero_point = float(scale), int(zero_point)
         self.out_features, self.in_features = qweight.shape
         # qnnpack (ARM) and onednn have no fused kernel for this: the same arithmetic in float
-        self._reference = (None if torch.backends.quantized.engine in FUSED_ENGINES
-                           else (qweight.dequantize(), bias))
+        self._reference = None if fbgemm_engine() else (qweight.dequantize(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._reference is not None:
