@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # unit tests: two pytest workers, one torch thread each (tests/conftest.py)
 WORKERS ?= 2
 
-.PHONY: help setup book test lint unit nbval build browser portability notebooks checkpoint bench bench-commit bench-compiled compiled-agreement outliers lowbit qat lab clean
+.PHONY: help setup book test lint unit nbval build browser portability notebooks checkpoint bench bench-commit bench-compiled compiled-agreement stored-quality outliers lowbit qat lab clean
 
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
@@ -27,6 +27,7 @@ help:
 	@echo "make compiled-agreement  recompute chapter 06's compiled-vs-reference check (~20 min)"
 	@echo "make lowbit      recompute the below-8-bits chapter's stored results (~25 min)"
 	@echo "make qat         retrain the 2-bit QAT GPT the below-8-bits chapter loads (~2 min)"
+	@echo "make stored-quality  recompute the torchao MiniLM qualities chapters 04 and 05 quote (~4 min)"
 	@echo "make outliers    recompute the activation-outliers chapter's stored results (~10 min)"
 	@echo "make lab         open the notebooks in JupyterLab"
 
@@ -102,6 +103,12 @@ bench-commit: _build/bench/results.json
 
 _build/bench/results.json:
 	@echo "no bench run in _build/bench/results.json: run make bench first" && false
+
+# the MiniLM qualities chapters 04 and 05 quote for torchao's int8 models, whose eager int8
+# matmul is a plain loop on CPUs without VNNI (minutes per evaluation); the chapters re-check
+# each model on two articles
+stored-quality: setup
+	$(REPRODUCE) $(BIN)/python scripts/stored_quality.py
 
 # the stored results of chapter 07 (activation outliers): torchao's SmoothQuant, MSE ranges, the
 # alpha sweep and the GPT's perplexities, too slow for the notebook

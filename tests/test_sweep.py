@@ -316,3 +316,24 @@ def test_a_graph_without_the_converted_submodules_gets_no_bytes_ratio(model, ids
     assert runner.measure("x", model, report).quantized_bytes_ratio == pytest.approx(1.0)
     missing = QuantReport(label="x", family="y", converted=("_frozen_param0",))
     assert runner.measure("x", model, missing).quantized_bytes_ratio is None
+
+
+# ------------------------------------------------------------------ quality measured elsewhere
+
+
+def test_record_takes_a_quality_measured_elsewhere(model, ids):
+    calls = []
+    tiny = sweep.Sweep(make_workload(model, ids, calls))
+    tiny.float_record()
+    config = DynamicConfig(targets=("attention", "ffn", "head"))
+    record = tiny.record(config, quality=(1.25, {"cosine_mean": 0.5}))
+    assert (record.value, record.secondary) == (1.25, {"cosine_mean": 0.5})
+    assert len(calls) == 1  # the float model only: the quantized one was not evaluated
+    assert record.size_bytes == measure.size_bytes(tiny.quantized(config))
+    assert tiny.record(config) == record  # kept
+    with pytest.raises(ValueError, match=r"differs from the record of .* made before"):
+        tiny.record(config, quality=(2.0, {}))
+    with pytest.raises(TypeError, match=r"is not a \(value, secondary dict\) pair"):
+        tiny.record(DynamicConfig(targets=("ffn",)), quality=1.25)
+    with pytest.raises(ValueError, match=r"quality holds loss=nan: expected a number"):
+        tiny.record(DynamicConfig(targets=("ffn",)), quality=(float("nan"), {}))

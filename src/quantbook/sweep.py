@@ -75,6 +75,18 @@ def _shapes(batches: list) -> str:
     return f"{len(ids)} batch{'es' if len(ids) != 1 else ''} of token ids, {listed}"
 
 
+def _given_quality(quality: object, metric: str) -> tuple[float, dict[str, float]]:
+    """``(value, secondary)`` checked: a finite metric value and a dict of named floats."""
+    if (not isinstance(quality, tuple) or len(quality) != 2
+            or not isinstance(quality[1], dict)):
+        raise TypeError(f"quality={quality!r} is not a (value, secondary dict) pair: pass e.g. "
+                        "stored_quality.load()[method].quality()")
+    value, secondary = quality
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"quality holds {metric}={value!r}: expected a number")
+    return float(value), {k: float(v) for k, v in secondary.items()}
+
+
 class Sweep:
     """Run methods on one workload and keep what they built.
 
@@ -166,11 +178,20 @@ class Sweep:
         return self._float
 
     def measure(self, label: str, model: nn.Module, report: QuantReport, *,
-                timed: bool = False, warmup: int = 2, repeats: int = 10) -> BenchRecord:
-        """Measure an already quantized ``model`` (built by ``report``'s method) as a record."""
+                timed: bool = False, warmup: int = 2, repeats: int = 10,
+                quality: tuple[float, dict[str, float]] | None = None) -> BenchRecord:
+        """Measure an already quantized ``model`` (built by ``report``'s method) as a record.
+
+        ``quality``: ``(value, secondary)`` measured elsewhere for this very model (e.g.
+        :meth:`quantbook.stored_quality.StoredQuality.quality`, checked by the caller), used
+        instead of evaluating the model again; size and speed are still measured here.
+        """
         reference = self.float_record()
         inner = getattr(model, "inner", model)  # a compiled model keeps the model it compiled
-        value, secondary = self.workload.quality(inner if self.compiled else model)
+        if quality is None:
+            value, secondary = self.workload.quality(inner if self.compiled else model)
+        else:
+            value, secondary = _given_quality(quality, self.workload.metric)
         size = measure.size_bytes(model)
         converted = tuple(report.converted)
         ratio = None
@@ -220,13 +241,22 @@ class Sweep:
         return self._records[key]
 
     def record(self, config: MethodConfig, label: str | None = None, *, timed: bool = False,
-               warmup: int = 2, repeats: int = 10) -> BenchRecord:
-        """Quantize with ``config`` and measure; untimed records are kept per config."""
+               warmup: int = 2, repeats: int = 10,
+               quality: tuple[float, dict[str, float]] | None = None) -> BenchRecord:
+        """Quantize with ``config`` and measure; untimed records are kept per config.
+
+        ``quality``: the model's ``(value, secondary)`` measured elsewhere (see :meth:`measure`);
+        it applies when the record is first made.
+        """
         label = config.label if label is None else label
         key = (config, label)
         if key not in self._records:
             model, report = self.quantize(config)
-            self._records[key] = self.measure(label, model, report)
+            self._records[key] = self.measure(label, model, report, quality=quality)
+        elif quality is not None and _given_quality(quality, self.workload.metric) != (
+                self._records[key].value, self._records[key].secondary):
+            raise ValueError(f"quality={quality!r} differs from the record of {label!r} made "
+                             "before: pass it on the first call only, or the same value")
         record = self._records[key]
         if timed:
             record = self.time(record, self.quantized(config), warmup=warmup, repeats=repeats)
