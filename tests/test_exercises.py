@@ -163,6 +163,23 @@ def test_ch03_ex2_asymmetric_adds_one_byte_per_row():
     assert asymmetric - symmetric == shape[0]
 
 
+def test_ch03_ex2_asymmetric_3_bits_lower_the_gpt_perplexity(gpt):
+    from quantbook.data import lee_split
+    from quantbook.gpt import perplexity
+    from quantbook.methods.weight_only import quantize_weight_only
+
+    model, _ = gpt
+    _, tokenizer, _ = load_gpt()
+    block = model.config.block_size
+    val_ids = tokenizer.encode(lee_split().validation)[: 16 * block + 1]  # 16 windows
+    ppl = {scheme: perplexity(quantize_weight_only(model, WeightOnlyConfig(
+        bits=3, scheme=scheme, targets=("attention", "ffn")))[0], val_ids, block)["perplexity"]
+        for scheme in ("symmetric", "asymmetric")}
+    float_ppl = perplexity(model, val_ids, block)["perplexity"]
+    # the solution's claim: asymmetric recovers a visible part of the 3-bit loss
+    assert float_ppl < ppl["asymmetric"] < ppl["symmetric"] - 0.25 * (ppl["symmetric"] - float_ppl)
+
+
 @pytest.mark.parametrize(("granularity", "group_size", "bits_per_weight"),
                          [("channel", None, 4.1875), ("group", 64, 4.5), ("group", 32, 5.0)])
 def test_ch03_ex3_bits_per_weight_of_the_gpt(gpt, granularity, group_size, bits_per_weight):
@@ -174,6 +191,31 @@ def test_ch03_ex3_bits_per_weight_of_the_gpt(gpt, granularity, group_size, bits_
 
 
 # --- 04 dynamic quantization -----------------------------------------------------------------
+
+def test_ch04_ex1_per_channel_keeps_layer_0_output_first_with_a_smaller_drop(
+        minilm_and_tokenizer):
+    from quantbook.data import lee_documents
+    from quantbook.evaluate import embedding_cosine
+    from quantbook.methods import DynamicConfig, sensitivity_scan
+    from quantbook.minilm import embed
+
+    model, tokenizer = minilm_and_tokenizer
+    docs = lee_documents()[:16]  # the chapter's probe: 16 articles cut at 64 tokens
+    reference = embed(model, tokenizer, docs, batch_size=16, max_length=64)
+
+    def probe_cosine(m):
+        probe = embed(m, tokenizer, docs, batch_size=16, max_length=64)
+        return embedding_cosine(reference, probe)["mean"]
+
+    # the FFN's input Linears are far down both rankings (the chapter's scan): scanning the
+    # six output Linears per channel and layer 0's per tensor keeps this test quick
+    outputs = [name for name in list_targets(model)["ffn"] if name.endswith("output.dense")]
+    per_channel = sensitivity_scan(model, probe_cosine, outputs,
+                                   config=DynamicConfig(granularity="channel"))
+    per_tensor = sensitivity_scan(model, probe_cosine, outputs[:1], config=DynamicConfig())
+    assert per_channel[0].module == outputs[0] == "encoder.layer.0.output.dense"
+    assert per_channel[0].drop * 3 < per_tensor[0].drop  # several times smaller
+
 
 def test_ch04_ex2_the_larger_text_sets_the_batch_scale():
     torch.manual_seed(0)
