@@ -88,6 +88,27 @@ def test_static_explorer_has_one_view_per_budget_linked_to_the_slider():
     assert len(stack.children) == 2 and box.link.source == (slider, "index")
     html = [view.children[0].value for view in stack.children]
     assert "weight-only int8" in html[0] and "weight-only int4" in html[1]
+    assert (slider.value, stack.selected_index) == ("0.5 %", 0)  # the first budget by default
+    alt = [view.children[1].tooltip for view in stack.children]
+    assert alt[0] == ec.budget_alt(RECORDS, 0.5) and "over the 0.5 % budget faded" in alt[0]
+    assert "gpt by speed: dynamic int8 per-tensor" in alt[0]
+    started = ec.static_explorer(RECORDS, budgets, start_pct=6.0).children
+    assert (started[0].value, started[1].selected_index) == ("6 %", 1)
+    with pytest.raises(ValueError, match=r"start_pct=1 is not one of budgets=\[0\.5, 6\.0\]"):
+        ec.static_explorer(RECORDS, budgets, start_pct=1)
+
+
+def test_budget_figure_draws_the_charts_asked_for_one_under_the_other():
+    fig = ec.budget_figure(RECORDS, 1.0, models=("gpt",), costs=("speed",))
+    assert [ax.get_title() for ax in fig.axes] == ["GPT (perplexity): speed"]
+    fig = ec.budget_figure(RECORDS, costs=("size",))
+    assert [ax.get_title() for ax in fig.axes] == ["GPT (perplexity): size",
+                                                   "MiniLM (Lee Pearson): size"]
+    top, bottom = (ax.get_position() for ax in fig.axes)
+    assert bottom.y1 < top.y0  # stacked, never side by side
+    with pytest.raises(ValueError, match=r"models=\['gpt'\], costs=\[\] leave no chart"):
+        ec.budget_figure(RECORDS, models=("gpt",), costs=())
+    plt.close("all")
 
 
 def test_live_explorer_updates_on_a_budget_change():
@@ -97,6 +118,9 @@ def test_live_explorer_updates_on_a_budget_change():
     slider.value = 6.0
     assert table.value != first_table and image.value != first_image
     assert isinstance(image, widgets.Image) and bytes(image.value).startswith(b"\x89PNG")
+    assert image.tooltip == ec.budget_alt(RECORDS, 6.0)
+    one = ec.explorer(RECORDS, (0.2, 6.0), costs=("size",)).children[2].tooltip
+    assert "gpt by size" in one and "by speed" not in one
     middle = ec.explorer(RECORDS, (0.2, 1.0, 6.0)).children[0]
     assert middle.value == 1.0  # the middle budget when none is given
     with pytest.raises(ValueError, match=r"start_pct=3 is not one of budgets=\[0\.2, 6\.0\]: "

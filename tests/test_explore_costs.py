@@ -153,6 +153,13 @@ def test_live_explorer_switches_to_the_view_of_the_chosen_setting():
     assert bytes(box.image.value) not in (first, at_64)
     box.model_picker.value = "all"
     assert bytes(box.image.value) == at_64  # served from the cache, identical bytes
+    assert box.image.tooltip.startswith("Stacked bars, one per model, of the share of the "
+                                        "multiply-accumulates") and "T = 64. a: " in \
+        box.image.tooltip
+    assert explore_costs.mac_share_explorer(models, [4], model="b").model_picker.value == "b"
+    with pytest.raises(ValueError, match=r"model='c' is not one of the choices \['a', 'b', "
+                                         r"'all'\]: start at one of them"):
+        explore_costs.mac_share_explorer(models, [4], model="c")
 
 
 def test_static_explorer_has_one_linked_view_per_sequence_length():
@@ -163,6 +170,8 @@ def test_static_explorer_has_one_linked_view_per_sequence_length():
     assert all(isinstance(v, widgets.Image) for v in stack.children)
     assert box.link.source == (slider, "index")
     assert (slider.value, stack.selected_index) == ("T = 4", 0)
+    assert ["at sequence length T = 4. a:" in stack.children[0].tooltip,
+            "T = 16. a:" in stack.children[1].tooltip] == [True, True]
 
 
 def test_explorers_start_at_the_chosen_sequence_length():

@@ -24,6 +24,7 @@ from quantbook.methods.dynamic import (  # noqa: E402
 )
 from quantbook.sweep import Sweep, Workload  # noqa: E402
 from quantbook.targets import list_targets  # noqa: E402
+from quantbook.widgets import figure_png  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -269,6 +270,25 @@ def test_combo_figure_and_explorers(grid):
     assert list(slider.options) == [r.method for r in records[1:]]
     assert isinstance(stack, widgets.Stack) and len(stack.children) == 6
     assert type(static.link).__name__ == "Link"
+    assert slider.value == "attention, per tensor"  # the default start
+    alt = stack.children[0].children[1].tooltip
+    assert alt == ed.combo_alt(records[1]) and "attention, per tensor is outlined" in alt
+    assert image.tooltip == ed.combo_alt(records[4])  # follows the buttons
+
+
+def test_explorers_start_at_the_recipe_asked_for(grid):
+    records, *_ = grid
+    pictures = dict.fromkeys(ed.combo_configs(), figure_png(plt.figure(figsize=(1, 1))))
+    live = ed.explorer(records, pictures, start="ffn, per channel")
+    targets, granularity, text, image = live.children
+    assert (targets.value, granularity.value) == (("ffn",), "channel")
+    assert "ffn, per channel" in text.value and "ffn, per channel" in image.tooltip
+    slider, stack = ed.static_explorer(records, pictures, start="both, per channel").children
+    assert slider.value == "both, per channel" and stack.selected_index == 5
+    for explorer in (ed.explorer, ed.static_explorer):
+        with pytest.raises(ValueError, match=r"start='all' is not a recipe of the explorer: "
+                                             r"choose one of \['attention, per tensor'"):
+            explorer(records, pictures, start="all")
 
 
 def test_describe_and_untimed_records(grid):

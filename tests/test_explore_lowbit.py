@@ -114,6 +114,10 @@ def test_layer_inputs_and_live_explorer():
     box = lowbit.live_explorer(model, batches, start_layer="blocks.1.mlp.fc_in")
     layer, bits, group, out = box.children
     assert (layer.value, bits.value, group.value) == ("blocks.1.mlp.fc_in", 3, 32)
+    assert (bits.min, bits.max) == (2, 8)  # ascending, as every bit-width control
+    box = lowbit.live_explorer(model, batches, start_layer="blocks.1.mlp.fc_out", start_bits=4,
+                               start_group_size=128)
+    assert (box.children[1].value, box.children[2].value) == (4, 128)
     assert out.value.startswith("RTN: relative output error")
 
 
@@ -128,3 +132,11 @@ def test_figures_and_static_explorer():
     box = lowbit.static_explorer(results)
     assert box.children[0].options == ("2 bits", "3 bits", "4 bits")
     assert box.children[0].value == "3 bits" and box.children[1].selected_index == 1
+    alt = box.children[1].children[0].tooltip
+    assert alt.startswith("Bar chart of the GPT's perplexity increase over float32 at 2 bits")
+    rtn = lowbit.increase(next(r["value"] for r in results["gpt"]["rows"]
+                               if (r["method"], r["bits"], r["group_size"]) == ("RTN", 2, 32)),
+                          4.5)
+    assert f"group 32: RTN {rtn:.1f} %" in alt
+    with pytest.raises(ValueError, match=r"start_bits=8 is not one of \(2, 3, 4\): start at"):
+        lowbit.static_explorer(results, start_bits=8)

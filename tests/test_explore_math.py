@@ -218,7 +218,9 @@ def test_explorer_recomputes_on_every_control():
     matrices = {"a": with_outlier(), "b": gaussian(8, 32, seed=3)}
     box = em.explorer(matrices, bits=4, scheme="symmetric", granularity="tensor")
     (matrix, bits), (scheme, granularity) = box.children[0].children, box.children[1].children
-    assert isinstance(box.children[2], widgets.Output)
+    assert box.children[2] is box.image and isinstance(box.image, widgets.Image)
+    assert box.image.tooltip.startswith(em.GRID_WHAT) and "4-bit symmetric per tensor" in \
+        box.image.tooltip
     assert (bits.min, bits.max, list(scheme.options)) == (2, 8, ["symmetric", "asymmetric"])
     assert box.error == em.quant_error(matrices["a"], em.make_spec(4, "symmetric", "tensor"))
     bits.value = 6
@@ -227,21 +229,36 @@ def test_explorer_recomputes_on_every_control():
     matrix.value = "b"
     spec = em.make_spec(6, "asymmetric", "group")
     assert box.error == em.quant_error(matrices["b"], spec)
+    assert "6-bit asymmetric per group" in box.image.tooltip
     assert not plt.get_fignums()  # every figure was closed after display
 
 
 def test_explorer_needs_matrices():
     with pytest.raises(ValueError, match=r"matrices is empty"):
         em.explorer({})
+    with pytest.raises(ValueError, match=r"matrix='c' is not a key of matrices: choose one of "
+                                         r"\['a'\]"):
+        em.explorer({"a": gaussian(8, 32)}, matrix="c")
+
+
+def test_explorer_starts_at_the_chosen_matrix():
+    box = em.explorer({"a": with_outlier(), "b": gaussian(8, 32, seed=3)}, bits=3, matrix="b")
+    assert box.children[0].children[0].value == "b"
+    assert box.error == em.quant_error(gaussian(8, 32, seed=3), em.make_spec(3, "symmetric",
+                                                                           "tensor"))
 
 
 def test_static_explorer_has_one_precomputed_view_per_bit_width():
     box = em.static_explorer(with_outlier(), "w", "symmetric", "channel", bits=[2, 5])
     slider, stack = box.children
     assert list(slider.options) == ["2 bits", "5 bits"]
-    assert [type(v) for v in stack.children] == [widgets.Image, widgets.Image]
+    assert len(stack.children) == 2 and all(isinstance(v, widgets.Image) for v in stack.children)
     assert all(bytes(v.value).startswith(b"\x89PNG") for v in stack.children)
     assert (slider.value, stack.selected_index) == ("2 bits", 0)
+    assert [v.tooltip.split(": ")[0] for v in stack.children] == [em.GRID_WHAT + ". 2-bit "
+                                                                   "symmetric per channel",
+                                                                   em.GRID_WHAT + ". 5-bit "
+                                                                   "symmetric per channel"]
 
 
 def test_static_explorer_starts_at_the_chosen_bit_width():
@@ -249,6 +266,10 @@ def test_static_explorer_starts_at_the_chosen_bit_width():
                              start_bits=4)
     slider, stack = box.children
     assert (slider.value, stack.selected_index) == ("4 bits", 1)
+    descending = em.static_explorer(with_outlier(), "w", "symmetric", "tensor", bits=[8, 4, 2],
+                                    start_bits=4)
+    assert list(descending.children[0].options) == ["2 bits", "4 bits", "8 bits"]  # ascending
+    assert descending.children[0].value == "4 bits"
     with pytest.raises(ValueError, match=r"start_bits=3 is not one of bits=\[2, 4, 8\]"):
         em.static_explorer(with_outlier(), "w", "symmetric", "tensor", bits=[2, 4, 8],
                            start_bits=3)

@@ -55,7 +55,8 @@ def test_plot_activation_ranges_draws_each_observers_range():
     x = torch.linspace(-1, 3, 101)
     ranges = {kind: observe_range(kind, [x]) for kind in OBSERVERS}
     fig = ef.plot_activation_ranges({"a": x, "b": x, "c": x}, dict.fromkeys("abc", ranges), "t")
-    assert sum(ax.get_visible() for ax in fig.axes) == 3  # 2 x 2 grid, one panel hidden
+    assert len(fig.axes) == 3  # one panel per tensor, stacked
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b", "c"]
     ax = fig.axes[0]
     drawn = sorted(float(ln.get_xdata()[0]) for ln in ax.lines)
     assert np.allclose(drawn, sorted(v for r in ranges.values() for v in (r.low, r.high)))
@@ -120,6 +121,22 @@ def test_static_explorer_has_one_view_per_point():
                                   "attention, histogram, 8 batches", "attention, minmax, 1 batch")
     assert all(isinstance(v, widgets.Image) for v in stack.children)
     assert type(box.link).__name__ == "Link"
+    assert stack.children[0].tooltip.startswith("Three bar charts, Lee Pearson r, cosine to")
+    assert "histogram observer, 1 calibration batch(es) and attention in int8" in \
+        stack.children[0].tooltip
+
+
+def test_explorers_start_where_asked():
+    points = grid_points(("minmax", "histogram"), (1, 8))
+    box = ef.static_explorer(points, LATENCY, REFS, start=("minmax", 8, "attention"))
+    slider, stack = box.children
+    assert slider.value == "attention, minmax, 8 batches" and stack.selected_index == 3
+    live = ef.explorer(points, LATENCY, REFS, start=("minmax", 1, "attention"))
+    assert [c.value for c in live.children[:3]] == ["minmax", 1, "attention"]
+    assert "minmax observer, 1 calibration batch(es) and attention in int8" in live.image.tooltip
+    with pytest.raises(ValueError, match=r"start=\('kl', 1, 'attention'\) is not a point of the "
+                                         r"grid: choose an \(observer, n_batches, linear_set\)"):
+        ef.static_explorer(points, LATENCY, REFS, start=("kl", 1, "attention"))
 
 
 def test_explorers_need_points_and_timed_references():

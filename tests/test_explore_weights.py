@@ -237,6 +237,7 @@ def test_explorer_follows_every_control():
     s = sweep()
     box = ew.explorer(s, TOKENIZER, "ppl", prompt="the ", n_chars=12)
     bits, groups, granularity, view = box.children
+    assert [value for _, value in bits.options] == [2, 3, 4, 6, 8]  # ascending, as everywhere
     label, *group_buttons = groups.children
     assert label.value == "groups" and [b.description for b in group_buttons] == list(GROUPS)
     assert [b.value for b in group_buttons] == [True, True, False, False]
@@ -260,11 +261,17 @@ def test_static_explorer_has_one_view_per_bit_width():
     s = sweep()
     box = ew.static_explorer(s, TOKENIZER, "ppl", prompt="the ", n_chars=8, bits=(8, 2))
     slider, stack = box.children
-    assert list(slider.options) == ["8 bits", "2 bits"]
+    assert list(slider.options) == ["2 bits", "8 bits"]  # ascending, whatever the order given
+    assert (slider.value, stack.selected_index) == ("8 bits", 1)  # start_bits=8 by default
     assert all(isinstance(v, widgets.HTML) for v in stack.children)
-    assert [r.method for r in box.records] == ["int8 per channel, attention + ffn",
-                                               "int2 per channel, attention + ffn"]
+    assert [r.method for r in box.records] == ["int2 per channel, attention + ffn",
+                                               "int8 per channel, attention + ffn"]
     reference, _ = quantize_weight_only(MODEL, WeightOnlyConfig(bits=2))
     sample = gpt.sample(reference, TOKENIZER, "the ", 8, seed=0)
-    assert html.escape(sample) in stack.children[1].value
-    assert f"ppl {perplexity(reference):.3f}" in stack.children[1].value
+    assert html.escape(sample) in stack.children[0].value
+    assert f"ppl {perplexity(reference):.3f}" in stack.children[0].value
+    start = ew.static_explorer(s, TOKENIZER, "ppl", prompt="the ", n_chars=8, bits=(8, 2),
+                               start_bits=2)
+    assert start.children[0].value == "2 bits" and start.children[1].selected_index == 0
+    with pytest.raises(ValueError, match=r"start_bits=4 is not one of bits=\[2, 8\]: start at"):
+        ew.static_explorer(s, TOKENIZER, "ppl", bits=(8, 2), start_bits=4)

@@ -45,6 +45,63 @@ def test_setup_chapter_sets_the_books_figure_style(restored):
     assert tuple(plt.rcParams["figure.figsize"]) == (7.0, 4.0)
     assert plt.rcParams["font.size"] == 10 and plt.rcParams["savefig.bbox"] == "tight"
     assert set(kit.FIGURE_STYLE) <= set(plt.rcParams)
+    assert plt.rcParams["figure.dpi"] == kit.FIGURE_DPI == 100  # retina PNGs at 200 dpi
+
+
+# ------------------------------------------------------------------ figures on the column
+
+
+def test_the_width_rule_follows_from_the_column_and_the_smallest_font():
+    assert kit.SMALLEST_FONT_PT == 9 and kit.RETINA_DPI == 2 * kit.FIGURE_DPI
+    # smallest text = pt * dpi / 72 * shown width / PNG width, shown COLUMN_PX wide
+    width = kit.MAX_FIGURE_WIDTH_IN
+    png_px = width * kit.RETINA_DPI
+    text_px = kit.SMALLEST_FONT_PT * kit.RETINA_DPI / 72 * kit.COLUMN_PX / png_px
+    assert text_px == pytest.approx(kit.MIN_TEXT_PX * kit.TEXT_MARGIN)
+    assert 9.0 < width < 9.5 and kit.FIGURE_WIDTH_IN <= width
+
+
+@pytest.fixture
+def styled():
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context(kit.FIGURE_STYLE):
+        yield plt
+    plt.close("all")
+
+
+def test_legibility_measures_the_saved_width_and_the_smallest_text(styled):
+    fig, ax = styled.subplots(figsize=(7, 3))
+    ax.plot([1, 2], [3, 4])
+    ax.set(title="t", xlabel="x", ylabel="y")
+    reading = kit.legibility(fig)
+    assert 5.5 < reading.width_in <= 7.0  # bbox "tight" trims the margins
+    assert reading.smallest_font_pt == 9  # the tick labels
+    assert reading.smallest_text_px == pytest.approx(9 * 730 / (72 * reading.width_in))
+    assert reading.ok
+    ax.legend(["a line"], fontsize=7)
+    assert kit.legibility(fig).smallest_font_pt == 7 and not kit.legibility(fig).ok
+    wide, axes = styled.subplots(1, 3, figsize=(11, 3))  # chapter 04's old three panels
+    for ax in axes:
+        ax.set(xlabel="quantized Linear groups", ylabel="size (fraction of float32)")
+    assert kit.legibility(wide).width_in > kit.MAX_FIGURE_WIDTH_IN
+    assert not kit.legibility(wide).ok
+    with pytest.raises(ValueError, match="fig has no visible text"):
+        kit.legibility(styled.figure())
+
+
+def test_alt_text_says_what_each_panel_plots(styled):
+    fig, (top, bottom) = styled.subplots(2, 1)
+    top.set(title="About 6 dB\nper bit", xlabel="bit width (bits)", ylabel="SQNR (dB)")
+    bottom.set(ylabel="error")
+    fig.suptitle("Quantization error.")
+    assert kit.alt_text(fig, "Line charts") == (
+        "Line charts. Quantization error. About 6 dB per bit: SQNR (dB) against bit width "
+        "(bits). error.")
+    with pytest.raises(ValueError, match="fig has no title or axis labels to describe: pass "
+                                         "what="):
+        kit.alt_text(styled.figure())
+    assert kit.alt_text(styled.figure(), "An empty frame") == "An empty frame."
 
 
 def test_setup_chapter_filters_the_known_noise_and_nothing_else(restored):

@@ -20,8 +20,9 @@ from quantbook.choose import (
     pick,
     quality_loss_pct,
 )
+from quantbook.kit import FIGURE_WIDTH_IN
 from quantbook.records import FLOAT_FAMILY, BenchRecord
-from quantbook.widgets import figure_png, linked_views
+from quantbook.widgets import control_layout, figure_png, linked_views, png_view, show_png
 
 MODEL_TITLES = {"gpt": "GPT (perplexity)", "minilm": "MiniLM (Lee Pearson)"}
 # one colour per method family; families not listed here get the next colours of tab10
@@ -64,11 +65,13 @@ def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
             color="0.5", lw=1, ls="--", zorder=2)
     # number the front's points; the legend names them (labels beside close points overlap)
     for i, r in enumerate(front, 1):
-        ax.annotate(str(i), (getattr(r, key), quality_loss_pct(r)), fontsize=8,
+        ax.annotate(str(i), (getattr(r, key), quality_loss_pct(r)),
                     fontweight="bold", xytext=(4, 4), textcoords="offset points")
     names = [plt.Line2D([], [], ls="", label=f"{i}  {r.method}") for i, r in enumerate(front, 1)]
-    ax.legend(handles=names, loc="best", fontsize=7, handlelength=0, handletextpad=0,
-              title="Pareto front", title_fontsize=7, framealpha=0.85)
+    # under the axes, where it covers no point (inside, "best" still hid some)
+    ax.legend(handles=names, loc="upper left", bbox_to_anchor=(0.0, -0.17), ncols=2,
+              handlelength=0, handletextpad=0, title="Pareto front", alignment="left",
+              frameon=False)
     if max_loss_pct is not None:
         best = pick(records, max_loss_pct, cost, min_cosine=min_cosine)
         ax.scatter(getattr(best, key), quality_loss_pct(best), s=260, facecolors="none",
@@ -90,21 +93,44 @@ def legend_handles(families: Sequence[str]) -> list:
 
 def budget_figure(records: Sequence[BenchRecord], max_loss_pct: float | None = None,
                   models: Sequence[str] = ("gpt", "minilm"),
-                  min_cosine: float | None = MIN_COSINE) -> plt.Figure:
-    """Both Pareto charts (size, speed) for each model, optionally with a quality budget."""
-    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)),
+                  min_cosine: float | None = MIN_COSINE,
+                  costs: Sequence[str] = tuple(COSTS)) -> plt.Figure:
+    """The Pareto charts of each model and cost, stacked one under the other (model by model,
+    size before speed), optionally with a quality budget; the families' legend is at the foot.
+
+    Pass one model and one cost (``models=("gpt",), costs=("size",)``) for a single chart.
+    """
+    panels = [(model, cost) for model in models for cost in costs]
+    if not panels:
+        raise ValueError(f"models={list(models)!r}, costs={list(costs)!r} leave no chart: "
+                         f"pass at least one model and one of {list(COSTS)}")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(FIGURE_WIDTH_IN, 4.0 * len(panels) + 1.0),
                              layout="constrained", squeeze=False)
-    for row, model in zip(axes, models, strict=True):
-        chosen = model_records(records, model)
-        for ax, cost in zip(row, COSTS, strict=True):
-            plot_pareto(chosen, cost, ax, max_loss_pct=max_loss_pct, min_cosine=min_cosine,
-                        title=f"{MODEL_TITLES.get(model, model)}: {cost}")
-    families = list(dict.fromkeys(r.family for r in records))
+    for ax, (model, cost) in zip(axes[:, 0], panels, strict=True):
+        plot_pareto(model_records(records, model), cost, ax, max_loss_pct=max_loss_pct,
+                    min_cosine=min_cosine, title=f"{MODEL_TITLES.get(model, model)}: {cost}")
+    families = list(dict.fromkeys(r.family for r in records if r.model in models))
     fig.legend(handles=legend_handles(families), loc="outside lower center",
-               ncols=min(len(families), 4), fontsize=8)
+               ncols=min(len(families), 2))
     if max_loss_pct is not None:
         fig.suptitle(f"Quality budget {max_loss_pct:g} %: the ringed method is the best inside it")
     return fig
+
+
+def budget_alt(records: Sequence[BenchRecord], max_loss_pct: float,
+               models: Sequence[str] = ("gpt", "minilm"),
+               min_cosine: float | None = MIN_COSINE,
+               costs: Sequence[str] = tuple(COSTS)) -> str:
+    """Alt text of a :func:`budget_figure` with a budget: what it plots and what it rings."""
+    def best(model: str, cost: str) -> str:
+        return pick(model_records(records, model), max_loss_pct, cost, min_cosine=min_cosine).method
+
+    picks = "; ".join(f"{model} by {cost}: {best(model, cost)}" for model in models
+                      for cost in costs)
+    charts = ", ".join(f"{model} against {COSTS[cost][1]}" for model in models for cost in costs)
+    return (f"Scatter charts of quality loss against cost, one per model and cost ({charts}), "
+            f"with each Pareto front as a dashed line and methods over the {max_loss_pct:g} % "
+            f"budget faded. Ringed as the best inside the budget: {picks}.")
 
 
 def picks_html(records: Sequence[BenchRecord], max_loss_pct: float,
@@ -125,11 +151,20 @@ def picks_html(records: Sequence[BenchRecord], max_loss_pct: float,
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _budget_view(records: Sequence[BenchRecord], max_loss_pct: float,
+                 costs: Sequence[str]) -> tuple[bytes, str]:
+    """PNG bytes and alt text of the explorers' figure at one budget."""
+    png = figure_png(budget_figure(records, max_loss_pct, costs=costs))
+    return png, budget_alt(records, max_loss_pct, costs=costs)
+
+
 def explorer(records: Sequence[BenchRecord], budgets: Sequence[float] = BUDGETS_PCT,
-             start_pct: float | None = None) -> widgets.VBox:
+             start_pct: float | None = None, costs: Sequence[str] = tuple(COSTS)
+             ) -> widgets.VBox:
     """Live explorer: a quality-budget slider redraws the charts and the picks. Needs a kernel.
 
-    ``start_pct`` is the budget shown first (one of ``budgets``; the middle one by default).
+    ``start_pct`` is the budget shown first (one of ``budgets``; the middle one by default);
+    ``costs`` the charts drawn per model (both by default, see :func:`budget_figure`).
     """
     budgets = list(budgets)
     start = budgets[len(budgets) // 2] if start_pct is None else start_pct
@@ -138,24 +173,31 @@ def explorer(records: Sequence[BenchRecord], budgets: Sequence[float] = BUDGETS_
     budget = widgets.SelectionSlider(options=[(f"{b:g} %", b) for b in budgets], value=start,
                                      description="quality budget",
                                      style={"description_width": "initial"},
-                                     layout=widgets.Layout(width="420px"))
-    image = widgets.Image(format="png", layout=widgets.Layout(width="820px"))
+                                     layout=control_layout())
     table = widgets.HTML()
+    image = png_view(*_budget_view(records, start, costs))
 
     def update(_change=None) -> None:
         table.value = picks_html(records, budget.value)
-        image.value = figure_png(budget_figure(records, budget.value))
+        show_png(image, *_budget_view(records, budget.value, costs))
 
     budget.observe(update, names="value")
-    update()
+    table.value = picks_html(records, start)
     return widgets.VBox([budget, table, image])
 
 
-def static_explorer(records: Sequence[BenchRecord],
-                    budgets: Sequence[float] = BUDGETS_PCT) -> widgets.VBox:
-    """Kernel-free explorer: one precomputed view per budget, switched by a slider."""
-    views = [widgets.VBox([
-        widgets.HTML(picks_html(records, b)),
-        widgets.Image(value=figure_png(budget_figure(records, b), dpi=80), format="png",
-                      layout=widgets.Layout(width="820px"))]) for b in budgets]
-    return linked_views([f"{b:g} %" for b in budgets], views, "quality budget")
+def static_explorer(records: Sequence[BenchRecord], budgets: Sequence[float] = BUDGETS_PCT,
+                    start_pct: float | None = None, costs: Sequence[str] = tuple(COSTS)
+                    ) -> widgets.VBox:
+    """Kernel-free explorer: one precomputed view per budget, switched by a slider.
+
+    ``start_pct`` is the budget shown first (one of ``budgets``; the first by default).
+    """
+    budgets = list(budgets)
+    start = budgets[0] if start_pct is None else start_pct
+    if start not in budgets:
+        raise ValueError(f"start_pct={start_pct} is not one of budgets={budgets}: pick one of them")
+    views = [widgets.VBox([widgets.HTML(picks_html(records, b)),
+                           png_view(*_budget_view(records, b, costs))]) for b in budgets]
+    return linked_views([f"{b:g} %" for b in budgets], views, "quality budget",
+                        start=budgets.index(start))

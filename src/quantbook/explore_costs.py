@@ -24,8 +24,17 @@ import numpy as np
 from torch import nn
 
 from quantbook.accounting import ATTENTION_MATMULS, OTHER, ROWS, GroupCost, group_accounting
+from quantbook.kit import FIGURE_WIDTH_IN
 from quantbook.targets import GROUP_TYPES
-from quantbook.widgets import figure_png, image_view, linked_views
+from quantbook.widgets import (
+    control_layout,
+    figure_png,
+    image_view,
+    linked_views,
+    png_view,
+    row_layout,
+    show_png,
+)
 
 # the groups made of nn.Linear layers: attention, ffn, head
 LINEAR_GROUPS = tuple(group for group, kind in GROUP_TYPES.items() if kind is nn.Linear)
@@ -87,7 +96,7 @@ def plot_cost_shares(
     costs_by_model: Mapping[str, Sequence[GroupCost]],
     quantities: Sequence[str] = ("params", "macs"),
     title: str | None = None,
-    figsize: tuple[float, float] = (7.0, 3.8),
+    figsize: tuple[float, float] = (FIGURE_WIDTH_IN, 3.8),
 ) -> plt.Figure:
     """Draw one 100 % stacked horizontal bar per model and quantity, coloured by group.
 
@@ -143,7 +152,7 @@ def plot_matmul_share_sweep(
     seq_lens: Sequence[int],
     context_lens: Mapping[str, int] | None = None,
     title: str = "Attention matmuls grow with T; below 50% the Linear layers dominate",
-    figsize: tuple[float, float] = (7.0, 4.0),
+    figsize: tuple[float, float] = (FIGURE_WIDTH_IN, 4.0),
 ) -> plt.Figure:
     """Plot the MAC share of the attention matmuls against the sequence length, one line a model.
 
@@ -176,13 +185,13 @@ def plot_matmul_share_sweep(
     ax.set_xlabel("sequence length T (tokens)")
     ax.set_ylabel("attention matmuls (% of MACs)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left")  # the shares rise with T: the upper left stays empty
     fig.tight_layout()
     return fig
 
 
 def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int],
-                       seq_len: int | None = None) -> widgets.VBox:
+                       seq_len: int | None = None, model: str | None = None) -> widgets.VBox:
     """Live explorer: pick a model and a sequence length, see the MAC split by group.
 
     The ledgers of every (model, T) pair are computed up front and each figure is cached after
@@ -192,6 +201,8 @@ def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int],
         models: model name -> float model; with several, an ``"all"`` choice shows them all.
         seq_lens: the slider's sequence lengths, increasing.
         seq_len: the length it starts at (one of ``seq_lens``; by default the first).
+        model: the model it starts at (a name of ``models``, or ``"all"`` with several; by
+            default ``"all"``, or the only model).
 
     Returns:
         A ``VBox`` of a model ``Dropdown``, a ``SelectionSlider`` over ``seq_lens`` and an
@@ -205,28 +216,32 @@ def mac_share_explorer(models: Mapping[str, nn.Module], seq_lens: Sequence[int],
     ledgers = {(name, t): group_accounting(model, t) for name, model in models.items()
                for t in seq_lens}
     choices = [*models, "all"] if len(models) > 1 else list(models)
-    cache: dict[tuple[str, int], bytes] = {}
+    if model is not None and model not in choices:
+        raise ValueError(f"model={model!r} is not one of the choices {choices}: start at one "
+                         "of them")
+    cache: dict[tuple[str, int], tuple[bytes, str]] = {}
 
-    def png(choice: str, t: int) -> bytes:
+    def view(choice: str, t: int) -> tuple[bytes, str]:
         if (choice, t) not in cache:
             names = list(models) if choice == "all" else [choice]
-            cache[choice, t] = figure_png(_mac_figure({n: ledgers[n, t] for n in names}, t))
+            ledger = {n: ledgers[n, t] for n in names}
+            cache[choice, t] = (figure_png(_mac_figure(ledger, t)), _mac_alt(ledger, t))
         return cache[choice, t]
 
-    picker = widgets.Dropdown(options=choices, value=choices[-1], description="model")
+    picker = widgets.Dropdown(options=choices, value=model or choices[-1], description="model",
+                              layout=widgets.Layout(width="auto"))
     slider = widgets.SelectionSlider(options=seq_lens, value=seq_lens[start],
                                      description="sequence length T",
                                      style={"description_width": "initial"},
-                                     layout=widgets.Layout(width="420px"))
-    image = widgets.Image(value=png(picker.value, slider.value), format="png",
-                          layout=widgets.Layout(width="640px"))
+                                     layout=control_layout())
+    image = png_view(*view(picker.value, slider.value))
 
     def update(_change=None) -> None:
-        image.value = png(picker.value, slider.value)
+        show_png(image, *view(picker.value, slider.value))
 
     picker.observe(update, names="value")
     slider.observe(update, names="value")
-    box = widgets.VBox([widgets.HBox([picker, slider]), image])
+    box = widgets.VBox([widgets.HBox([picker, slider], layout=row_layout()), image])
     box.model_picker, box.seq_len_slider, box.image = picker, slider, image
     return box
 
@@ -242,10 +257,10 @@ def static_mac_share_explorer(
     """
     seq_lens = _check_seq_lens(seq_lens)
     start = _check_start(seq_len, seq_lens)
-    views = [
-        image_view(_mac_figure({n: group_accounting(m, t) for n, m in models.items()}, t))
-        for t in seq_lens
-    ]
+    views = []
+    for t in seq_lens:
+        ledger = {n: group_accounting(m, t) for n, m in models.items()}
+        views.append(image_view(_mac_figure(ledger, t), _mac_alt(ledger, t)))
     return linked_views([f"T = {t}" for t in seq_lens], views, "sequence length", start)
 
 
@@ -253,8 +268,19 @@ def _mac_figure(costs_by_model: Mapping[str, Sequence[GroupCost]], seq_len: int)
     height = 2.3 + 0.45 * len(costs_by_model)  # title, axis and legend, then one bar a model
     shares = ", ".join(f"{name} {100 * linear_share(rows)['macs']:.0f}%"
                        for name, rows in costs_by_model.items())
-    return plot_cost_shares(costs_by_model, ("macs",), figsize=(7.0, height),
+    return plot_cost_shares(costs_by_model, ("macs",), figsize=(FIGURE_WIDTH_IN, height),
                             title=f"T = {seq_len}: share of the MACs in Linear layers: {shares}")
+
+
+def _mac_alt(costs_by_model: Mapping[str, Sequence[GroupCost]], seq_len: int) -> str:
+    """Alt text of :func:`_mac_figure`: each model's MAC shares by group, largest first."""
+    models = "; ".join(
+        f"{name}: " + ", ".join(f"{c.group} {100 * c.mac_share:.0f}%"
+                                for c in sorted(rows, key=lambda c: -c.mac_share)
+                                if c.mac_share >= 0.005)
+        for name, rows in costs_by_model.items())
+    return (f"Stacked bars, one per model, of the share of the multiply-accumulates per token "
+            f"that each group of layers does at sequence length T = {seq_len}. {models}.")
 
 
 def _check_costs(name: str, costs: Sequence[GroupCost]) -> list[GroupCost]:

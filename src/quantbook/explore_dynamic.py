@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter
 from torch import nn
 
 from quantbook import measure
+from quantbook.kit import FIGURE_WIDTH_IN
 from quantbook.methods.dynamic import (
     DynamicConfig,
     dynamic_activation_qparams,
@@ -25,7 +26,7 @@ from quantbook.methods.dynamic import (
 from quantbook.methods.sensitivity import Sensitivity
 from quantbook.records import FLOAT_FAMILY, BenchRecord
 from quantbook.sweep import Sweep
-from quantbook.widgets import figure_png, linked_views
+from quantbook.widgets import figure_png, linked_views, png_view, row_layout, show_png
 
 # the explorer's choices: (label, targets) and (label, granularity)
 TARGET_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -146,8 +147,12 @@ def latency_grid(models: Mapping[str, nn.Module], make_batch: Callable[[int], ob
 
 
 def plot_latency_grid(points: Sequence[LatencyPoint], title: str) -> plt.Figure:
-    """Left: milliseconds per sequence against batch size; right: speed-up over the baseline."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    """Top: milliseconds per sequence against batch size; below it: speed-up over the baseline.
+
+    The panels share the batch-size axis and one legend, under them.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(FIGURE_WIDTH_IN, 7.0), sharex=True,
+                                      layout="constrained")
     labels = list(dict.fromkeys(p.label for p in points))
     for k, n_threads in enumerate(sorted({p.threads for p in points}, reverse=True)):
         style = ("-", "--", ":", "-.")[k % 4]
@@ -156,27 +161,24 @@ def plot_latency_grid(points: Sequence[LatencyPoint], title: str) -> plt.Figure:
                           key=lambda p: p.batch_size)
             sizes = [p.batch_size for p in mine]
             label = f"{name}, {n_threads} thread{'s' if n_threads > 1 else ''}"
-            left.plot(sizes, [p.latency_ms / p.batch_size for p in mine], style, marker="o",
-                      color=f"C{i}", label=label)
+            top.plot(sizes, [p.latency_ms / p.batch_size for p in mine], style, marker="o",
+                     color=f"C{i}", label=label)
             if i > 0:
-                right.plot(sizes, [p.speedup for p in mine], style, marker="o",
-                           color=f"C{i}", label=label)
-    right.axhline(1.0, color="0.5", lw=0.8)
+                bottom.plot(sizes, [p.speedup for p in mine], style, marker="o", color=f"C{i}")
+    bottom.axhline(1.0, color="0.5", lw=0.8)
     sizes = sorted({p.batch_size for p in points})
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("batch size (sequences)")
-        ax.legend(fontsize=8)
-    left.set_yscale("log")
+    bottom.set_xscale("log", base=2)
+    bottom.set_xticks(sizes, [str(s) for s in sizes])
+    bottom.minorticks_off()
+    bottom.set_xlabel("batch size (sequences)")
+    top.set_yscale("log")
     plain = FuncFormatter(lambda value, _pos: f"{value:g}")  # 20, not 2 x 10^1
-    left.yaxis.set_major_formatter(plain)
-    left.yaxis.set_minor_formatter(plain)
-    left.set_ylabel("latency per sequence (ms, log scale)")
-    right.set_ylabel(f"speed-up over {labels[0]} (x)")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    top.yaxis.set_major_formatter(plain)
+    top.yaxis.set_minor_formatter(plain)
+    top.set_ylabel("latency per sequence\n(ms, log scale)")
+    bottom.set_ylabel(f"speed-up over\n{labels[0]} (x)")
+    fig.legend(handles=top.get_legend_handles_labels()[0], loc="outside lower center", ncols=2)
+    fig.suptitle(title)
     return fig
 
 
@@ -189,13 +191,12 @@ def plot_sensitivity(scan: Sequence[Sensitivity], title: str,
         raise TypeError(f"scan={rows[:1]!r}...: pass the Sensitivity rows that "
                         "quantbook.methods.sensitivity_scan returns")
     cap = 10 * max((r.drop for r in rows if math.isfinite(r.drop)), default=1.0)
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, 0.32 * len(rows) + 1.4))
     bars = ax.barh([r.module for r in rows], [min(r.drop, cap) for r in rows], color="C3")
     for bar in (b for b, r in zip(bars, rows, strict=True) if not math.isfinite(r.drop)):
         bar.set_hatch("//")
     ax.set_xscale("log")
     ax.set(xlabel=f"{metric} when only this module is int8 (log scale)", title=title)
-    ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     return fig
 
@@ -230,12 +231,15 @@ _PANELS = (("size_ratio", "size (fraction of float32)"), ("speedup", "speed-up o
 
 def plot_combos(records: Sequence[BenchRecord], title: str, selected: str | None = None,
                 panels: Sequence[tuple[str, str]] = _PANELS) -> plt.Figure:
-    """One panel per figure of merit, one bar per recipe; ``selected`` is drawn in black."""
+    """One panel per figure of merit, stacked, one bar per recipe; ``selected`` is outlined in
+    black. The legend sits under the panels, off the bars."""
+    panels = list(panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(FIGURE_WIDTH_IN, 2.2 * len(panels) + 1.3),
+                             sharex=True, layout="constrained", squeeze=False)
     by_label = {r.method: r for r in records}
     reference = next(r for r in records if r.family == FLOAT_FAMILY)
-    fig, axes = plt.subplots(1, len(panels), figsize=(11, 3.6))
     positions = np.arange(len(TARGET_CHOICES))
-    for ax, (key, ylabel) in zip(np.atleast_1d(axes), panels, strict=True):
+    for ax, (key, ylabel) in zip(axes[:, 0], panels, strict=True):
         for k, (granularity_label, granularity) in enumerate(GRANULARITY_CHOICES):
             labels = [combo_label(targets, granularity) for _, targets in TARGET_CHOICES]
             bars = ax.bar(positions + 0.38 * k - 0.19,
@@ -247,11 +251,13 @@ def plot_combos(records: Sequence[BenchRecord], title: str, selected: str | None
         values = [_figure(r, key) for r in records]
         low, high = min(values), max(values)
         ax.set_ylim(max(0.0, low - 0.15 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
-        ax.set_xticks(positions, [label for label, _ in TARGET_CHOICES])
-        ax.set(xlabel="quantized Linear groups", ylabel=ylabel)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+        ax.set_ylabel(ylabel)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(positions, [label for label, _ in TARGET_CHOICES])
+    bottom.set_xlabel("quantized Linear groups")
+    fig.legend(handles=axes[0, 0].get_legend_handles_labels()[0], loc="outside lower center",
+               ncols=3)
+    fig.suptitle(title)
     return fig
 
 
@@ -271,21 +277,44 @@ def combo_pictures(records: Sequence[BenchRecord], title: str) -> dict[str, byte
             for label in combo_configs()}
 
 
-def explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes]) -> widgets.VBox:
+def combo_alt(record: BenchRecord) -> str:
+    """Alt text of a :func:`combo_pictures` view: what the bars show, the recipe's numbers."""
+    figures = {record.metric: record.value, **record.secondary}
+    quality = ", ".join(f"{name.replace('_', ' ')} {value:.4f}" for name, value in figures.items())
+    timing = "" if record.speedup is None else f", {record.speedup:.2f}x float32's speed"
+    return (f"Three stacked bar charts, size, speed-up and cosine to float32, one pair of bars "
+            f"(per tensor, per channel) per quantized group; {record.method} is outlined: "
+            f"{record.size_ratio:.1%} of float32's size{timing}, {quality}.")
+
+
+def _check_start(start: str, name: str = "start") -> str:
+    labels = list(combo_configs())
+    if start not in labels:
+        raise ValueError(f"{name}={start!r} is not a recipe of the explorer: choose one of "
+                         f"{labels}")
+    return start
+
+
+def explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes],
+             start: str = "both, per tensor") -> widgets.VBox:
     """Live explorer (needs a kernel): buttons select a recipe's precomputed picture and numbers,
-    so a change answers at once. It starts at ``"both, per tensor"``, the chapter's first recipe.
+    so a change answers at once. It starts at ``start``, a label of :func:`combo_configs`
+    (by default ``"both, per tensor"``, the chapter's first recipe).
     """
+    config = combo_configs()[_check_start(start)]
     by_label = {r.method: r for r in records}
-    targets = widgets.ToggleButtons(options=list(TARGET_CHOICES), value=("attention", "ffn"),
-                                    description="quantize")
-    granularity = widgets.ToggleButtons(options=list(GRANULARITY_CHOICES), value="tensor",
-                                        description="weights")
-    image = widgets.Image(format="png", layout=widgets.Layout(width="820px"))
+    targets = widgets.ToggleButtons(options=list(TARGET_CHOICES), value=config.targets,
+                                    description="quantize", layout=row_layout())
+    granularity = widgets.ToggleButtons(options=list(GRANULARITY_CHOICES),
+                                        value=config.granularity, description="weights",
+                                        layout=row_layout())
+    image = png_view(pictures[start], combo_alt(by_label[start]))
     text = widgets.HTML()
 
     def show(_change: object = None) -> None:
         label = combo_label(targets.value, granularity.value)
-        image.value, text.value = pictures[label], describe(by_label[label])
+        show_png(image, pictures[label], combo_alt(by_label[label]))
+        text.value = describe(by_label[label])
 
     targets.observe(show, names="value")
     granularity.observe(show, names="value")
@@ -293,12 +322,13 @@ def explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes]) -> w
     return widgets.VBox([targets, granularity, text, image])
 
 
-def static_explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes]) -> widgets.VBox:
-    """Kernel-free explorer: a slider over the recipes, each a precomputed figure and line."""
+def static_explorer(records: Sequence[BenchRecord], pictures: Mapping[str, bytes],
+                    start: str = "attention, per tensor") -> widgets.VBox:
+    """Kernel-free explorer: a slider over the recipes, each a precomputed figure and line;
+    it starts at ``start`` (a label of :func:`combo_configs`, by default the first)."""
     by_label = {r.method: r for r in records}
     labels = list(combo_configs())
     views = [widgets.VBox([widgets.HTML(describe(by_label[label])),
-                           widgets.Image(value=pictures[label], format="png",
-                                         layout=widgets.Layout(width="820px"))])
+                           png_view(pictures[label], combo_alt(by_label[label]))])
              for label in labels]
-    return linked_views(labels, views, "recipe")
+    return linked_views(labels, views, "recipe", start=labels.index(_check_start(start)))

@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantbook import affine
+from quantbook.kit import FIGURE_WIDTH_IN, SMALLEST_FONT_PT
 from quantbook.methods.awq import AWQConfig, quantize_awq
 from quantbook.methods.base import MethodConfig, QuantReport
 from quantbook.methods.gptq import GPTQConfig, quantize_gptq
 from quantbook.methods.mixed import MixedConfig, quantize_mixed
 from quantbook.methods.weight_only import WeightOnlyConfig
 from quantbook.sweep import Workload
-from quantbook.widgets import image_view, linked_views
+from quantbook.widgets import control_layout, image_view, linked_views
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "lowbit.json"
 QAT_CHECKPOINT = (pathlib.Path(__file__).resolve().parent / "checkpoints"
@@ -170,7 +171,7 @@ def sweep_figure(results: dict) -> plt.Figure:
         if r["method"] == "RTN":
             ax.annotate(f"int{r['bits']} g{r['group_size']}", (r["size_bytes"] / 1e3,
                         increase(r["value"], base)), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+                        fontsize=SMALLEST_FONT_PT)
     ax.set(yscale="log", xlabel="model size (kB, serialized)",
            ylabel="perplexity increase over float32 (%)",
            title="GPTQ lowers RTN's perplexity increase at every size")
@@ -178,21 +179,38 @@ def sweep_figure(results: dict) -> plt.Figure:
     return fig
 
 
-def bits_figure(results: dict, bits: int) -> plt.Figure:
-    """Perplexity increase of each method at ``bits``, group sizes side by side (one view)."""
+def _bits_values(results: dict, bits: int) -> dict[tuple[str, int], float]:
+    """(method, group size) -> GPT perplexity increase (%) at ``bits``."""
     block = results["gpt"]
     base = block["float"]["value"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    return {(r["method"], r["group_size"]): increase(r["value"], base) for r in block["rows"]
+            if r["bits"] == bits}
+
+
+def bits_figure(results: dict, bits: int) -> plt.Figure:
+    """Perplexity increase of each method at ``bits``, group sizes side by side (one view);
+    the legend stands beside the bars, off them."""
+    values = _bits_values(results, bits)
+    fig, ax = plt.subplots(figsize=(6.0, 3.5))
     width = 0.25
     for i, method in enumerate(METHOD_CHOICES):
-        values = [increase(r["value"], base) for gs in GROUP_SIZE_CHOICES for r in block["rows"]
-                  if (r["method"], r["bits"], r["group_size"]) == (method, bits, gs)]
         xs = [j + (i - 1) * width for j in range(len(GROUP_SIZE_CHOICES))]
-        ax.bar(xs, values, width, label=method, color=METHOD_COLORS[method])
+        ax.bar(xs, [values[method, g] for g in GROUP_SIZE_CHOICES], width, label=method,
+               color=METHOD_COLORS[method])
     ax.set_xticks(range(len(GROUP_SIZE_CHOICES)), [f"group {g}" for g in GROUP_SIZE_CHOICES])
     ax.set(ylabel="perplexity increase (%)", title=f"GPT at {bits} bits: RTN, GPTQ and AWQ")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
+
+
+def bits_alt(results: dict, bits: int) -> str:
+    """Alt text of :func:`bits_figure`: every bar's value."""
+    values = _bits_values(results, bits)
+    groups = "; ".join(f"group {g}: " + ", ".join(f"{m} {values[m, g]:.1f} %"
+                                                  for m in METHOD_CHOICES)
+                       for g in GROUP_SIZE_CHOICES)
+    return (f"Bar chart of the GPT's perplexity increase over float32 at {bits} bits for RTN, "
+            f"GPTQ and AWQ, groups of 32 and of 128 side by side. {groups}.")
 
 
 def calibration_figure(results: dict) -> plt.Figure:
@@ -201,7 +219,7 @@ def calibration_figure(results: dict) -> plt.Figure:
     base = results["gpt"]["float"]["value"]
     rtn = next(r["value"] for r in results["gpt"]["rows"]
                if (r["method"], r["bits"], r["group_size"]) == ("RTN", 3, 32))
-    fig, ax = plt.subplots()
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN - 1.2, 4.0))  # and the legend beside it
     tokens = [row["tokens"] for row in block["amount"]]
     for method in ("GPTQ", "AWQ"):
         ax.plot(tokens, [increase(row[method], base) for row in block["amount"]], "o-",
@@ -210,7 +228,7 @@ def calibration_figure(results: dict) -> plt.Figure:
     ax.set(xscale="log", ylim=(0, None), xlabel="calibration tokens (windows of 128)",
            ylabel="perplexity increase (%)", title="One window of text already gets most of "
            "GPTQ's gain")
-    ax.legend(loc="center right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the lines
     return fig
 
 
@@ -222,7 +240,7 @@ def plan_figure(results: dict, key: str = "3") -> plt.Figure:
              for n, _ in plan]
     bits = [b for _, b in plan]
     ax.bar(range(len(plan)), bits, color=[plt.cm.viridis(b / 8) for b in bits])
-    ax.set_xticks(range(len(plan)), names, rotation=90, fontsize=8)
+    ax.set_xticks(range(len(plan)), names, rotation=90)
     ax.set(ylabel="bits", yticks=(2, 3, 4, 8),
            title=f"Same bytes as int{key}: block 0 and lm_head get the extra bits")
     return fig
@@ -241,9 +259,13 @@ def qat_figure(metrics: dict) -> plt.Figure:
 
 
 def static_explorer(results: dict, start_bits: int = 3) -> widgets.VBox:
-    """Kernel-free explorer: one precomputed chart per bit width, bits ascending."""
-    views = [image_view(bits_figure(results, bits), width_px=560) for bits in BITS_CHOICES]
-    plt.close("all")
+    """Kernel-free explorer: one precomputed chart per bit width, bits ascending (2, 3, 4);
+    it starts at ``start_bits``."""
+    if start_bits not in BITS_CHOICES:
+        raise ValueError(f"start_bits={start_bits!r} is not one of {BITS_CHOICES}: start at a "
+                         "bit width the slider offers")
+    views = [image_view(bits_figure(results, bits), bits_alt(results, bits))
+             for bits in BITS_CHOICES]
     return linked_views([f"{b} bits" for b in BITS_CHOICES], views, "weight bits",
                         start=BITS_CHOICES.index(start_bits))
 
@@ -276,13 +298,17 @@ def layer_errors(W: torch.Tensor, X: torch.Tensor, bits: int, group_size: int) -
 
 
 def live_explorer(model: nn.Module, batches: Sequence, start_layer: str = "blocks.1.mlp.fc_in",
-                  start_bits: int = 3) -> widgets.VBox:
-    """Live explorer (needs a kernel): pick a Linear, bits and group size; see each method's
-    output error on the calibration inputs of that layer."""
+                  start_bits: int = 3, start_group_size: int = 32) -> widgets.VBox:
+    """Live explorer (needs a kernel): pick a Linear, bits (a slider from 2 up to 8) and group
+    size; see each method's output error on the calibration inputs of that layer. It starts at
+    ``start_layer``, ``start_bits`` and ``start_group_size`` (one of ``GROUP_SIZE_CHOICES``)."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    layer = widgets.Dropdown(options=names, value=start_layer, description="layer")
-    bits = widgets.IntSlider(value=start_bits, min=2, max=8, description="bits")
-    group = widgets.Dropdown(options=GROUP_SIZE_CHOICES, value=32, description="group size")
+    layer = widgets.Dropdown(options=names, value=start_layer, description="layer",
+                             layout=control_layout())
+    bits = widgets.IntSlider(value=start_bits, min=2, max=8, description="bits",
+                             layout=control_layout())
+    group = widgets.Dropdown(options=GROUP_SIZE_CHOICES, value=start_group_size,
+                             description="group size")
     out = widgets.HTML()
     cache: dict[str, torch.Tensor] = {}
 

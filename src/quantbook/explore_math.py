@@ -16,8 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantbook import affine
-from quantbook.widgets import image_view, linked_views
+from quantbook import affine, kit
+from quantbook.kit import FIGURE_WIDTH_IN
+from quantbook.widgets import (
+    control_layout,
+    figure_png,
+    linked_views,
+    png_view,
+    row_layout,
+    show_png,
+)
 
 BITS = tuple(range(2, 9))
 DEFAULT_GROUP_SIZE = 32  # a common choice for 4-bit weights; divides every MiniLM width
@@ -136,7 +144,7 @@ def plot_sqnr_vs_bits(curves: Mapping[str, Sequence[float]], title: str,
                       predicted: Mapping[str, Sequence[float]] | None = None,
                       bits: Sequence[int] = BITS) -> plt.Figure:
     """Measured SQNR per bit width (markers) and optional predictions (dashed, same colour)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, 4.2))
     for i, (label, values) in enumerate(curves.items()):
         ax.plot(bits, values, "o-", color=f"C{i}", label=label)
         if predicted and label in predicted:
@@ -151,14 +159,17 @@ def plot_sqnr_vs_bits(curves: Mapping[str, Sequence[float]], title: str,
 
 def plot_ranges(x: torch.Tensor, ranges: Mapping[str, tuple[float, float]], title: str,
                 unit: str = "weight value") -> plt.Figure:
-    """Histogram of ``x`` (log counts) with each range's ends as a pair of vertical lines."""
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    """Histogram of ``x`` (log counts) with each range's ends as a pair of vertical lines; the
+    legend sits under the axes."""
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, 4.4), layout="constrained")
     ax.hist(x.flatten().numpy(), bins=400, color="0.6", log=True)
     for i, (label, (lo, hi)) in enumerate(ranges.items()):
         ax.axvline(lo, color=f"C{i}", ls="--", label=label)
         ax.axvline(hi, color=f"C{i}", ls="--")
     ax.set(xlabel=unit, ylabel="count (log scale)", title=title)
-    ax.legend()
+    # under the axes: inside, it hid the histogram's peak and the ranges' ends
+    fig.legend(loc="outside lower center", ncols=1 if len(ranges) > 2 else len(ranges),
+               frameon=False)
     return fig
 
 
@@ -210,12 +221,12 @@ def plot_grid(x: torch.Tensor, spec: affine.QuantSpec, name: str) -> tuple[plt.F
     values, levels, label = grid_slice(x, qparams)
     mean, std = float(x.mean()), float(x.std())
     inside = int(((levels - mean).abs() <= 2 * std).sum())
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, 3.8))
     many = values.numel() > 1000  # log counts show a large slice's tails; a group has few values
     ax.hist(values.numpy(), bins=min(200, values.numel()), color="0.5", log=many)
     ax.vlines(levels.numpy(), 0, 1, transform=ax.get_xaxis_transform(), color="C3",
               lw=0.6, alpha=0.6)
-    ax.set_xlabel(f"weight value: {name}, {label}", fontsize=9)
+    ax.set_xlabel(f"weight value: {name}, {label}")
     ax.set_ylabel("count (log scale)" if many else "count")
     ax.set_title(f"{spec.bits}-bit {spec.scheme} {GRANULARITY_LABELS[spec.granularity]}: "
                  f"{inside} of {2**spec.bits} levels within ±2σ of the mean\n"
@@ -224,43 +235,62 @@ def plot_grid(x: torch.Tensor, spec: affine.QuantSpec, name: str) -> tuple[plt.F
     return fig, error
 
 
+GRID_WHAT = ("Histogram of the weights of one slice of a matrix, with the levels of its "
+             "quantization grid as red vertical lines")
+
+
+def grid_view(x: torch.Tensor, spec: affine.QuantSpec, name: str) -> tuple[bytes, str, QuantError]:
+    """PNG bytes and alt text of :func:`plot_grid`, and the error it reports."""
+    fig, error = plot_grid(x, spec, name)
+    alt = kit.alt_text(fig, GRID_WHAT)
+    return figure_png(fig), alt, error
+
+
 def explorer(matrices: Mapping[str, torch.Tensor], bits: int = 4, scheme: str = "symmetric",
-             granularity: str = "tensor", group_size: int = DEFAULT_GROUP_SIZE) -> widgets.VBox:
-    """Live explorer: matrix, bits, scheme and granularity controls redraw :func:`plot_grid`.
+             granularity: str = "tensor", group_size: int = DEFAULT_GROUP_SIZE,
+             matrix: str | None = None) -> widgets.VBox:
+    """Live explorer: matrix, bits (a slider from 2 up to 8), scheme and granularity controls
+    redraw :func:`plot_grid`.
 
     Needs a running kernel. Each change quantizes one precomputed matrix and draws one figure
-    (about a second for MiniLM's 590k-weight matrices on 2 cores). The box's ``error`` attribute
-    holds the :class:`QuantError` of the view on show.
+    (about a second for MiniLM's 590k-weight matrices on 2 cores). It starts at ``matrix`` (a
+    key of ``matrices``, by default the first), ``bits``, ``scheme`` and ``granularity``. The
+    box's ``error`` attribute holds the :class:`QuantError` of the view on show, its ``image``
+    attribute the ``Image``.
     """
     if not matrices:
         raise ValueError("matrices is empty: pass {name: 2-D weight}, e.g. weight_matrices(model)")
+    names = list(matrices)
+    if matrix is not None and matrix not in names:
+        raise ValueError(f"matrix={matrix!r} is not a key of matrices: choose one of {names}")
     style = {"description_width": "initial"}
-    matrix = widgets.Dropdown(options=list(matrices), description="matrix", style=style,
-                              layout=widgets.Layout(width="460px"))
+    pick = widgets.Dropdown(options=names, value=matrix or names[0], description="matrix",
+                            style=style, layout=control_layout())
     bits_slider = widgets.IntSlider(value=bits, min=2, max=8, description="bits",
-                                    continuous_update=False)
+                                    continuous_update=False, layout=control_layout())
     scheme_toggle = widgets.ToggleButtons(options=affine.SCHEMES, value=scheme,
-                                          description="scheme")
+                                          description="scheme", layout=row_layout())
     gran = widgets.Dropdown(options=[(GRANULARITY_LABELS[g] + (f" of {group_size}" if g ==
                             "group" else ""), g) for g in affine.GRANULARITIES],
                             value=granularity, description="granularity", style=style)
-    out = widgets.Output()
-    controls = [matrix, bits_slider, scheme_toggle, gran]
-    box = widgets.VBox([widgets.HBox(controls[:2]), widgets.HBox(controls[2:]), out])
+    controls = [pick, bits_slider, scheme_toggle, gran]
+
+    def view() -> tuple[bytes, str, QuantError]:
+        spec = make_spec(bits_slider.value, scheme_toggle.value, gran.value, group_size)
+        return grid_view(matrices[pick.value], spec, pick.value)
+
+    png, alt, error = view()
+    image = png_view(png, alt)
+    box = widgets.VBox([widgets.HBox(controls[:2], layout=row_layout()),
+                        widgets.HBox(controls[2:], layout=row_layout()), image])
+    box.error, box.image = error, image
 
     def render(_change: object = None) -> None:
-        from IPython.display import display
-
-        spec = make_spec(bits_slider.value, scheme_toggle.value, gran.value, group_size)
-        fig, box.error = plot_grid(matrices[matrix.value], spec, matrix.value)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
+        png, alt, box.error = view()
+        show_png(image, png, alt)
 
     for control in controls:
         control.observe(render, names="value")
-    render()
     return box
 
 
@@ -271,14 +301,14 @@ def static_explorer(
 ) -> widgets.VBox:
     """Kernel-free explorer: a bits slider over precomputed :func:`plot_grid` figures.
 
-    ``bits`` are the slider's bit widths, ascending; it starts at ``start_bits`` (one of them;
-    by default the first).
+    The slider runs over ``bits`` in ascending order (2 up to 8 in every chapter), whatever
+    order they are given in; it starts at ``start_bits`` (one of them; by default the smallest).
     """
-    bits = list(bits)
+    bits = sorted(bits)
     if start_bits is not None and start_bits not in bits:
         raise ValueError(f"start_bits={start_bits!r} is not one of bits={bits}: start at a bit "
                          "width the slider offers")
-    views = [image_view(plot_grid(x, make_spec(b, scheme, granularity, group_size), name)[0])
+    views = [png_view(*grid_view(x, make_spec(b, scheme, granularity, group_size), name)[:2])
              for b in bits]
     start = 0 if start_bits is None else bits.index(start_bits)
     return linked_views([f"{b} bits" for b in bits], views, "bit width", start)

@@ -20,8 +20,17 @@ import torch
 from quantbook import kit
 from quantbook.explore_calibration import GridPoint
 from quantbook.explore_static import ObservedRange
+from quantbook.kit import FIGURE_WIDTH_IN
 from quantbook.records import BenchRecord
-from quantbook.widgets import figure_png, image_view, linked_views
+from quantbook.widgets import (
+    control_layout,
+    figure_png,
+    image_view,
+    linked_views,
+    png_view,
+    row_layout,
+    show_png,
+)
 
 OBSERVER_COLORS = {"minmax": "C0", "moving_average": "C1", "histogram": "C3"}
 LINEAR_SET_STYLES = {"attention": "--", "attention + FFN": "-"}
@@ -33,23 +42,21 @@ BREAKDOWN_COLORS = {"float Linear": "C0", "dynamic int8 Linear": "#98df8a", "int
 def plot_activation_ranges(values: Mapping[str, torch.Tensor],
                            ranges: Mapping[str, Mapping[str, ObservedRange]],
                            title: str) -> plt.Figure:
-    """Log-count histograms of activations with each observer's range drawn as two lines."""
-    rows = (len(values) + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(values):]:
-        ax.set_visible(False)
-    for ax, (label, x) in zip(axes.flat, values.items(), strict=False):
+    """Log-count histograms of activations, stacked, with each observer's range drawn as two
+    lines; each panel's legend (the observers' steps) stands beside it, off the histogram."""
+    fig, axes = plt.subplots(len(values), 1, figsize=(FIGURE_WIDTH_IN, 2.6 * len(values) + 0.6),
+                             layout="constrained", squeeze=False)
+    for ax, (label, x) in zip(axes[:, 0], values.items(), strict=True):
         ax.hist(x.flatten().numpy(), bins=200, color="0.6", log=True)
         for observer, r in ranges[label].items():
             ax.axvline(r.low, color=OBSERVER_COLORS.get(observer), lw=1.2)
             ax.axvline(r.high, color=OBSERVER_COLORS.get(observer), lw=1.2,
-                       label=f"{observer}: step {r.scale:.3g}")
-        ax.set_title(label, fontsize=9)
+                       label=f"{observer}:\nstep {r.scale:.3g}")
+        ax.set_title(label)
         ax.set_xlabel("activation value")
         ax.set_ylabel("count (log scale)")
-        ax.legend(fontsize=7)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -59,7 +66,8 @@ def plot_time_breakdown(breakdowns: Mapping[str, Mapping[str, float]], title: st
     Args:
         breakdowns: label -> {kind: ms}, as :func:`quantbook.profiling.time_breakdown` returns.
     """
-    fig, ax = plt.subplots(figsize=(8, 0.7 * len(breakdowns) + 1.6))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, 0.7 * len(breakdowns) + 2.0),
+                           layout="constrained")
     seen = set()
     for row, parts in enumerate(breakdowns.values()):
         left = 0.0
@@ -74,9 +82,10 @@ def plot_time_breakdown(breakdowns: Mapping[str, Mapping[str, float]], title: st
     ax.invert_yaxis()
     ax.set_xlabel("time per forward pass (ms)")
     ax.set_title(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.legend(loc="lower center", ncols=6, fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
     return fig
+
+
 def quality_table(records: Mapping[str, BenchRecord], mark_best: bool = False) -> kit.Table:
     """The metric, and the mean and worst cosine to float, of each record: one row each.
 
@@ -98,12 +107,14 @@ def quality_table(records: Mapping[str, BenchRecord], mark_best: bool = False) -
 
 def plot_calibration_sweep(points: Sequence[GridPoint], references: Mapping[str, BenchRecord],
                            title: str) -> plt.Figure:
-    """Cosine to float and the quality metric against calibration batches, one line per setting.
+    """Cosine to float (top) and the quality metric (below) against calibration batches, one
+    line per setting; the legend sits under both panels.
 
     ``references`` maps a label (``"float32"``, ``"dynamic int8"``) to a record whose metric is
     drawn as a horizontal line.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig, axes = plt.subplots(2, 1, figsize=(FIGURE_WIDTH_IN, 7.4), sharex=True,
+                             layout="constrained")
     for observer in dict.fromkeys(p.observer for p in points):
         for name in dict.fromkeys(p.linear_set for p in points):
             line = sorted((p for p in points if (p.observer, p.linear_set) == (observer, name)),
@@ -116,20 +127,20 @@ def plot_calibration_sweep(points: Sequence[GridPoint], references: Mapping[str,
     for (label, record), ls in zip(references.items(), (":", "-."), strict=False):
         axes[1].axhline(record.value, color="k", ls=ls, lw=1, label=label)
     metric = METRIC_LABELS.get(points[0].record.metric, points[0].record.metric)
-    for ax, ylabel in zip(axes, ("mean cosine to float embeddings", metric), strict=True):
-        ax.set_xlabel("calibration batches (4 articles each)")
-        ax.set_ylabel(ylabel)
-        ax.set_xticks(sorted({p.n_batches for p in points}))
+    axes[0].set_ylabel("mean cosine to\nfloat embeddings")
+    axes[1].set_ylabel(metric)
+    axes[1].set_xlabel("calibration batches (4 articles each)")
+    axes[1].set_xticks(sorted({p.n_batches for p in points}))
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
     handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncols=4, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
 def point_figure(point: GridPoint, latency_ms: Mapping[str, float],
                  references: Mapping[str, BenchRecord]) -> plt.Figure:
-    """Quality and latency of one grid point beside the reference models.
+    """Quality and latency of one grid point beside the reference models: three stacked panels
+    (the metric, the cosine to float, the latency), one bar per model.
 
     Args:
         point: the static configuration to show.
@@ -141,22 +152,34 @@ def point_figure(point: GridPoint, latency_ms: Mapping[str, float],
     rows["this static"] = (point.value, point.cosine_mean, latency_ms[point.linear_set])
     colors = [*(["0.6"] * len(references)), "C3"]
     metric = METRIC_LABELS.get(point.record.metric, point.record.metric)
-    fig, axes = plt.subplots(1, 3, figsize=(9, 2.6))
+    fig, axes = plt.subplots(3, 1, figsize=(FIGURE_WIDTH_IN, 0.45 * 3 * len(rows) + 1.4),
+                             layout="constrained")
     for column, (ax, label) in enumerate(zip(axes, (metric, "cosine to float", "latency (ms)"),
                                              strict=True)):
         values = [r[column] for r in rows.values()]
         ax.barh(range(len(rows)), values, color=colors)
         for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.3f}" if column < 2 else f" {v:.0f}", va="center", fontsize=8)
-        ax.set_yticks(range(len(rows)), list(rows) if column == 0 else [])
+            ax.text(v, y, f" {v:.3f}" if column < 2 else f" {v:.0f}", va="center")
+        ax.set_yticks(range(len(rows)), list(rows))
         ax.invert_yaxis()
         ax.set_xlim(min(0.5, min(values) - 0.05) if column < 2 else 0,
                     max(values) * (1.25 if column == 2 else 1.08))
         ax.set_xlabel(label)
     fig.suptitle(f"{point.observer} observer, {point.n_batches} batch(es), {point.linear_set}: "
-                 f"cosine {point.cosine_mean:.3f}", fontsize=10)
-    fig.tight_layout()
+                 f"cosine {point.cosine_mean:.3f}")
     return fig
+
+
+def point_alt(point: GridPoint, latency_ms: Mapping[str, float],
+              references: Mapping[str, BenchRecord]) -> str:
+    """Alt text of a :func:`point_figure`: the point's numbers beside the references'."""
+    metric = METRIC_LABELS.get(point.record.metric, point.record.metric)
+    others = "; ".join(f"{label} {r.value:.3f}, cosine {r.quality('cosine_mean'):.3f}, "
+                       f"{r.latency_ms:.0f} ms" for label, r in references.items())
+    return (f"Three bar charts, {metric}, cosine to float and latency, of the static int8 model "
+            f"with the {point.observer} observer, {point.n_batches} calibration batch(es) and "
+            f"{point.linear_set} in int8: {point.value:.3f}, cosine {point.cosine_mean:.3f}, "
+            f"{latency_ms[point.linear_set]:.0f} ms; beside it {others}.")
 
 
 def _grid_index(points: Sequence[GridPoint], references: Mapping[str, BenchRecord]
@@ -170,35 +193,53 @@ def _grid_index(points: Sequence[GridPoint], references: Mapping[str, BenchRecor
     return {(p.observer, p.n_batches, p.linear_set): p for p in points}
 
 
+def _start_key(index: Mapping[tuple, GridPoint], start: tuple[str, int, str] | None,
+               default: tuple) -> tuple:
+    """The ``(observer, n_batches, linear_set)`` an explorer starts at."""
+    if start is None:
+        return default
+    if tuple(start) not in index:
+        raise ValueError(f"start={start!r} is not a point of the grid: choose an (observer, "
+                         f"n_batches, linear_set) such as {next(iter(index))!r}")
+    return tuple(start)
+
+
 def explorer(points: Sequence[GridPoint], latency_ms: Mapping[str, float],
-             references: Mapping[str, BenchRecord]) -> widgets.VBox:
+             references: Mapping[str, BenchRecord],
+             start: tuple[str, int, str] | None = None) -> widgets.VBox:
     """Live explorer: observer, calibration batches and Linear set -> quality and latency.
 
     Every point was computed beforehand by :func:`quality_grid`; a change only draws (then
-    caches) one figure. The box's ``image`` attribute is the ``Image`` on show.
+    caches) one figure. It starts at ``start``, an ``(observer, n_batches, linear_set)`` of the
+    grid (by default the last observer, the most batches, the last Linear set). The box's
+    ``image`` attribute is the ``Image`` on show.
     """
     index = _grid_index(points, references)
     observers, batches, sets = (list(dict.fromkeys(k[i] for k in index)) for i in range(3))
-    cache: dict[tuple, bytes] = {}
+    first = _start_key(index, start, (observers[-1], max(batches), sets[-1]))
+    cache: dict[tuple, tuple[bytes, str]] = {}
     style = {"description_width": "initial"}
-    pick_observer = widgets.ToggleButtons(options=observers, value=observers[-1],
-                                          description="observer", style=style)
-    pick_batches = widgets.SelectionSlider(options=sorted(batches), value=max(batches),
-                                           description="calibration batches", style=style)
-    pick_set = widgets.ToggleButtons(options=sets, value=sets[-1],
-                                     description="int8 Linears", style=style)
+    pick_observer = widgets.ToggleButtons(options=observers, value=first[0],
+                                          description="observer", style=style,
+                                          layout=row_layout())
+    pick_batches = widgets.SelectionSlider(options=sorted(batches), value=first[1],
+                                           description="calibration batches", style=style,
+                                           layout=control_layout())
+    pick_set = widgets.ToggleButtons(options=sets, value=first[2],
+                                     description="int8 Linears", style=style, layout=row_layout())
     controls = (pick_observer, pick_batches, pick_set)
 
-    def png() -> bytes:
+    def view() -> tuple[bytes, str]:
         key = tuple(c.value for c in controls)
         if key not in cache:
-            cache[key] = figure_png(point_figure(index[key], latency_ms, references))
+            cache[key] = (figure_png(point_figure(index[key], latency_ms, references)),
+                          point_alt(index[key], latency_ms, references))
         return cache[key]
 
-    image = widgets.Image(value=png(), format="png", layout=widgets.Layout(width="720px"))
+    image = png_view(*view())
 
     def update(_change=None) -> None:
-        image.value = png()
+        show_png(image, *view())
 
     for control in controls:
         control.observe(update, names="value")
@@ -208,12 +249,14 @@ def explorer(points: Sequence[GridPoint], latency_ms: Mapping[str, float],
 
 
 def static_explorer(points: Sequence[GridPoint], latency_ms: Mapping[str, float],
-                    references: Mapping[str, BenchRecord]) -> widgets.VBox:
-    """Kernel-free explorer: one slider over every grid point, precomputed images."""
+                    references: Mapping[str, BenchRecord],
+                    start: tuple[str, int, str] | None = None) -> widgets.VBox:
+    """Kernel-free explorer: one slider over every grid point, precomputed images; it starts at
+    ``start``, an ``(observer, n_batches, linear_set)`` (by default the slider's first)."""
     index = _grid_index(points, references)
     keys = sorted(index, key=lambda k: (k[2], k[0], k[1]))
-    views = [image_view(point_figure(index[k], latency_ms, references), width_px=720)
-             for k in keys]
+    first = _start_key(index, start, keys[0])
+    views = [image_view(point_figure(index[k], latency_ms, references),
+                        point_alt(index[k], latency_ms, references)) for k in keys]
     labels = [f"{s}, {o}, {n} batch{'es' if n > 1 else ''}" for o, n, s in keys]
-    return linked_views(labels, views, "configuration")
-
+    return linked_views(labels, views, "configuration", start=keys.index(first))

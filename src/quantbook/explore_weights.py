@@ -18,12 +18,13 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from torch import nn
 
 from quantbook import gpt, kit, measure
+from quantbook.kit import FIGURE_WIDTH_IN
 from quantbook.methods import WeightOnlyConfig
 from quantbook.methods.weight_only import predicted_size_bytes
 from quantbook.records import BenchRecord
 from quantbook.sweep import Sweep, Workload
 from quantbook.targets import GROUPS
-from quantbook.widgets import linked_views
+from quantbook.widgets import linked_views, row_layout
 
 BITS = (8, 6, 4, 3, 2)
 DEFAULT_TARGETS = WeightOnlyConfig().targets  # attention + ffn
@@ -137,8 +138,9 @@ def gpt_quality(val_ids: Sequence[int], block_size: int,
     return lambda model: gpt.perplexity(model, val_ids, block_size)["perplexity"]
 
 
-def _finish(ax: plt.Axes, reference: float | None, logy: bool) -> None:
-    """A dashed float reference, a log y axis labelled at 1, 2 and 5 x 10^n, the legend."""
+def _finish(ax: plt.Axes, reference: float | None, logy: bool, outside: bool = False) -> None:
+    """A dashed float reference, a log y axis labelled at 1, 2 and 5 x 10^n, the legend (beside
+    the axes with ``outside``, where it cannot cover a bar)."""
     if reference is not None:
         ax.axhline(reference, color="k", ls="--", lw=1, label="float")
     if logy:
@@ -146,14 +148,17 @@ def _finish(ax: plt.Axes, reference: float | None, logy: bool) -> None:
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=8)
+    if outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend()
 
 
 def plot_vs_bits(curves: Mapping[str, Sequence[float]], ylabel: str, title: str,
                  reference: float | None = None, bits: Sequence[int] = BITS,
                  logy: bool = False, ax: plt.Axes | None = None) -> plt.Figure:
     """One line per curve over the bit widths; an optional dashed float reference."""
-    fig, ax = plt.subplots(figsize=(7, 4)) if ax is None else (ax.figure, ax)
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, 4)) if ax is None else (ax.figure, ax)
     for i, (label, values) in enumerate(curves.items()):
         ax.plot(bits, values, "o-", color=f"C{i}", label=label)
     ax.set(xlabel="bit width (bits)", ylabel=ylabel, title=title, xticks=sorted(bits))
@@ -165,8 +170,9 @@ def plot_vs_bits(curves: Mapping[str, Sequence[float]], ylabel: str, title: str,
 def plot_group_bars(values: Mapping[str, Mapping[int, float]], ylabel: str, title: str,
                     reference: float | None = None, logy: bool = False,
                     ax: plt.Axes | None = None) -> plt.Figure:
-    """Grouped bars: one group of bars per module group, one bar per bit width."""
-    fig, ax = plt.subplots(figsize=(7, 4)) if ax is None else (ax.figure, ax)
+    """Grouped bars: one group of bars per module group, one bar per bit width; the legend
+    stands beside the axes."""
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN - 1.0, 4)) if ax is None else (ax.figure, ax)
     groups = list(values)
     bits = sorted({b for row in values.values() for b in row}, reverse=True)
     width = 0.8 / len(bits)
@@ -176,7 +182,7 @@ def plot_group_bars(values: Mapping[str, Mapping[int, float]], ylabel: str, titl
                color=f"C{k}")
     ax.set_xticks(range(len(groups)), groups)
     ax.set(xlabel="the one module group quantized", ylabel=ylabel, title=title)
-    _finish(ax, reference, logy)
+    _finish(ax, reference, logy, outside=True)
     return fig
 
 
@@ -206,21 +212,24 @@ def _view(sweep: Sweep, config: WeightOnlyConfig, samples: dict, tokenizer, qual
 def explorer(sweep: Sweep, tokenizer, quality_label: str, prompt: str = "The ",
              n_chars: int = 80, seed: int = 0, bits: int = 4,
              targets: Sequence[str] = DEFAULT_TARGETS, granularity: int = 0) -> widgets.VBox:
-    """Live explorer for a GPT sweep: bit width, module groups and granularity controls.
+    """Live explorer for a GPT sweep: bit width (buttons from 2 up to 8), module groups and
+    granularity controls.
 
     Each change shows the setting's record from ``sweep`` (as ``box.record``) and ``n_chars``
     characters sampled from the quantized GPT with a fixed seed (kept in ``box.samples``).
     ``granularity`` indexes :data:`GRANULARITY_CHOICES`. Needs a running kernel.
     """
-    bits_buttons = widgets.ToggleButtons(options=[(str(b), b) for b in BITS], value=bits,
-                                         description="bits", style={"button_width": "48px"})
+    bits_buttons = widgets.ToggleButtons(options=[(str(b), b) for b in sorted(BITS)],
+                                         value=bits, description="bits",
+                                         style={"button_width": "48px"}, layout=row_layout())
     group_buttons = [widgets.ToggleButton(value=g in targets, description=g) for g in GROUPS]
     gran_buttons = widgets.ToggleButtons(
         options=[(label, k) for k, (label, _, _) in enumerate(GRANULARITY_CHOICES)],
-        value=granularity, description="granularity")
+        value=granularity, description="granularity", layout=row_layout())
     view = widgets.HTML()
     groups_label = widgets.Label("groups", layout=widgets.Layout(width="90px"))
-    box = widgets.VBox([bits_buttons, widgets.HBox([groups_label, *group_buttons]),
+    box = widgets.VBox([bits_buttons,
+                        widgets.HBox([groups_label, *group_buttons], layout=row_layout()),
                         gran_buttons, view])
     box.samples, box.record = {}, None
 
@@ -244,14 +253,21 @@ def explorer(sweep: Sweep, tokenizer, quality_label: str, prompt: str = "The ",
 def static_explorer(sweep: Sweep, tokenizer, quality_label: str, prompt: str = "The ",
                     n_chars: int = 80, seed: int = 0, bits: Sequence[int] = BITS,
                     targets: Sequence[str] = DEFAULT_TARGETS, granularity: str = "channel",
-                    group_size: int | None = None) -> widgets.VBox:
+                    group_size: int | None = None, start_bits: int = 8) -> widgets.VBox:
     """Kernel-free explorer: a bit-width slider over precomputed HTML views (one setting each).
 
-    The box's ``records`` attribute holds the record behind each view, in slider order.
+    The slider runs over ``bits`` in ascending order (2 up to 8, as in every chapter) and starts
+    at ``start_bits`` (one of them). The box's ``records`` attribute holds the record behind each
+    view, in slider order.
     """
+    bits = sorted(bits)
+    if start_bits not in bits:
+        raise ValueError(f"start_bits={start_bits!r} is not one of bits={bits}: start at a bit "
+                         "width the slider offers")
     configs = [make_config(b, targets, granularity, group_size) for b in bits]
     views = [widgets.HTML(_view(sweep, config, {}, tokenizer, quality_label, prompt, n_chars,
                                 seed)) for config in configs]
-    box = linked_views([f"{b} bits" for b in bits], views, "bit width")
+    box = linked_views([f"{b} bits" for b in bits], views, "bit width",
+                       start=bits.index(start_bits))
     box.records = [record(sweep, config) for config in configs]
     return box

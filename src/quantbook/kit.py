@@ -11,6 +11,11 @@ matters: torchao logs at import), draws figures as PNG at twice the pixel densit
 figure style the book's column needs, and seeds every random generator. Numbers the prose
 quotes are glued in one call, ``kit.glue_numbers({"speedup": 2.71}, digits=2)``, and result
 tables render as HTML on the site (``kit.table(rows, columns)``) with plain text for a terminal.
+
+Figures follow one rule, derived below :data:`FIGURE_STYLE`: at most
+:data:`MAX_FIGURE_WIDTH_IN` wide as saved and no text under :data:`SMALLEST_FONT_PT`, so that
+the smallest text stays legible in the site's column; :func:`legibility` measures a figure
+against it and :func:`alt_text` drafts a figure's alt text from its titles and axis labels.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import torch
 
 from quantbook.quiet import silence_known_noise
 
-# Sized for the book's column: a 7-inch figure drawn at 2x is 1400 px and is shown about
-# 730 px wide, so 10-point text stays about 10 px on the page, the size of a footnote.
+# Sized for the book's column: text is set in points, figures are FIGURE_WIDTH_IN wide, and
+# whatever has more to show grows downwards (stacked panels), never sideways.
 FIGURE_STYLE = {
     "figure.figsize": (7.0, 4.0),
+    "figure.dpi": 100,  # FIGURE_DPI: 'retina' saves PNGs at twice this
     "font.size": 10,
     "axes.titlesize": 11,
     "axes.labelsize": 10,
@@ -39,6 +45,27 @@ FIGURE_STYLE = {
     "figure.titlesize": 11,
     "savefig.bbox": "tight",
 }
+
+# What "legible at the column" means, in numbers. The site's article column is COLUMN_PX CSS px
+# wide on a 1366 x 900 laptop (757 px measured in the December build; 730 is the figure the
+# browser test holds the site to). A figure W inches wide (as saved, bbox "tight") is a PNG of
+# RETINA_DPI * W pixels, and the page shows it across the column, so text of p points is
+#     p * RETINA_DPI / 72 * COLUMN_PX / (RETINA_DPI * W) = p * COLUMN_PX / (72 * W)  CSS px
+# tall (the browser test's formula: pt * dpi / 72 * displayed width / natural width). The smallest
+# font, SMALLEST_FONT_PT = 9, stays at MIN_TEXT_PX = 9 px or more while
+#     W <= SMALLEST_FONT_PT * COLUMN_PX / (72 * MIN_TEXT_PX) = 10.1 in;
+# with TEXT_MARGIN = 1.1 (a narrower column, a scrollbar, a zoomed page), MAX_FIGURE_WIDTH_IN =
+# 9.2 in is the hard limit, and figures are drawn FIGURE_WIDTH_IN = 7.0 in wide (9-pt text shows
+# at 13 px, the size of the body's footnotes) so that a legend beside the axes still fits.
+COLUMN_PX = 730
+MIN_TEXT_PX = 9
+TEXT_MARGIN = 1.1
+FIGURE_DPI = FIGURE_STYLE["figure.dpi"]
+RETINA_DPI = 2 * FIGURE_DPI  # PNG pixels per inch: two per CSS px
+FIGURE_WIDTH_IN = FIGURE_STYLE["figure.figsize"][0]
+SMALLEST_FONT_PT = min(size for key, size in FIGURE_STYLE.items()
+                       if key.endswith("size") and key != "figure.figsize")
+MAX_FIGURE_WIDTH_IN = SMALLEST_FONT_PT * COLUMN_PX / (72 * MIN_TEXT_PX * TEXT_MARGIN)
 
 
 def setup_chapter(seed: int = 0) -> None:
@@ -61,6 +88,75 @@ def setup_chapter(seed: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Legibility:
+    """How a figure reads in the site's column (the rule above :data:`MAX_FIGURE_WIDTH_IN`)."""
+
+    width_in: float  # as saved, bbox "tight": legends and labels outside the axes included
+    smallest_font_pt: float
+    smallest_text_px: float  # the smallest text's height shown COLUMN_PX wide, in CSS px
+
+    @property
+    def ok(self) -> bool:
+        """Narrow enough for the column, and no text below the style's smallest size."""
+        return (self.width_in <= MAX_FIGURE_WIDTH_IN
+                and self.smallest_font_pt >= SMALLEST_FONT_PT)
+
+
+def legibility(fig) -> Legibility:
+    """Measure a matplotlib figure as the site shows it: saved width and smallest text.
+
+    Example: a 7-inch figure whose smallest text is 9 pt shows that text at
+    ``9 * 730 / (72 * 7) = 13.0`` CSS px on a 730 px column.
+    """
+    import io
+    import struct
+
+    from matplotlib.text import Text
+
+    buffer = io.BytesIO()  # at 1x: the same width in inches, a quarter of the pixels to draw
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    width_px = struct.unpack(">I", buffer.getvalue()[16:20])[0]  # the PNG header's width
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+             and (t.axes is None or t.axes.get_visible())]
+    if not texts:
+        raise ValueError("fig has no visible text: a book figure needs a title and axis labels")
+    smallest = min(t.get_fontsize() for t in texts)
+    width_in = width_px / FIGURE_DPI
+    return Legibility(width_in, smallest, smallest * COLUMN_PX / (72 * width_in))
+
+
+def alt_text(fig, what: str = "") -> str:
+    """Alt text for a figure: what it is, then its title and what each panel plots.
+
+    Args:
+        fig: a matplotlib figure with titles and axis labels.
+        what: the kind of chart and its subject, which the figure itself does not say
+            (``"Bar chart of the perplexity increase per method"``).
+
+    Example: a line chart titled ``About 6 dB per bit`` with axes ``bit width (bits)`` and
+    ``SQNR (dB)`` gives ``"Line chart. About 6 dB per bit: SQNR (dB) against bit width
+    (bits)."`` for ``what="Line chart"``.
+    """
+    def clean(text: str) -> str:
+        return " ".join(text.split()).rstrip(".:")
+
+    parts = [clean(what)] if what else []
+    suptitle = fig.get_suptitle()
+    if suptitle:
+        parts.append(clean(suptitle))
+    for ax in (a for a in fig.axes if a.get_visible()):
+        x, y = clean(ax.get_xlabel()), clean(ax.get_ylabel())
+        plotted = f"{y} against {x}" if x and y else x or y
+        panel = ": ".join(p for p in (clean(ax.get_title()), plotted) if p)
+        if panel and panel not in parts:
+            parts.append(panel)
+    if not parts:
+        raise ValueError("fig has no title or axis labels to describe: pass what='...', "
+                         "saying what the figure shows")
+    return ". ".join(parts) + "."
 
 
 def _rounded(name: str, value: object, digits: int | None) -> object:
