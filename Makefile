@@ -29,7 +29,7 @@ help:
 	@echo "make qat         retrain the 2-bit QAT GPT the below-8-bits chapter loads (~2 min)"
 	@echo "make stored-quality  recompute the torchao MiniLM qualities chapters 04 and 05 quote (~4 min)"
 	@echo "make outliers    recompute the activation-outliers chapter's stored results (~10 min)"
-	@echo "make lab         open the notebooks in JupyterLab"
+	@echo "make lab         read and run the chapters in JupyterLab, rendered as on the site"
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -133,8 +133,13 @@ lowbit: setup
 qat: setup
 	$(BIN)/python scripts/train_qat.py
 
+# the chapters in JupyterLab, read as on the site: jupyterlab-myst renders their MyST, and
+# scripts/reading_copies.py writes trusted reading copies into _build/lab (glued numbers filled
+# in, references made links), rewriting a copy only when its chapter changed; works offline.
+# LAB_ARGS: more options for jupyter lab, e.g. --allow-root in a container that runs as root
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/python scripts/reading_copies.py
+	$(BIN)/jupyter lab _build/lab $(LAB_ARGS)
 
 clean:
 	rm -rf _build

@@ -137,3 +137,5 @@ def test_format_report_aligns_values():
     assert "quantized engine   x86 (supported: x86, qnnpack)" in lines
     report["features"] = {"avx2": False}
     assert "int8 features      none detected" in format_report(report).splitlines()
+    report["torch_threads"] = 1
+    assert format_report(report).splitlines()[0].endswith("torch uses 1 thread)")

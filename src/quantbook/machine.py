@@ -162,7 +162,8 @@ def format_report(report: dict) -> str:
     features = [name for name, present in report["features"].items() if present]
     rows = [
         ("CPU", f"{report['cpu_model']} ({report['logical_cores']} logical cores, "
-                f"torch uses {report['torch_threads']} threads)"),
+                f"torch uses {report['torch_threads']} "
+                f"thread{'s' if report['torch_threads'] != 1 else ''})"),
         ("int8 features", ", ".join(features) or "none detected"),
         ("torch CPU kernels", report["cpu_capability"]),
         ("quantized engine", f"{report['quantized_engine']} "
