@@ -16,7 +16,7 @@ npm install --prefix "$tmp" --no-audit --no-fund --ignore-scripts --silent \
     "requirejs@$REQUIREJS" "@jupyter-widgets/html-manager@$HTML_MANAGER" "mathjax@$MATHJAX"
 nm=$tmp/node_modules
 
-# only the vendored folders: static/widgets-setup.js is ours
+# only the vendored folders: static/widgets-setup.js and static/book.css are ours
 rm -rf static/requirejs static/jupyter-widgets static/mathjax
 mkdir -p static/requirejs static/jupyter-widgets static/mathjax
 

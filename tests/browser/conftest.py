@@ -125,18 +125,32 @@ def wait_until_rendered(page: Page, problems: list[str]) -> None:
     page.wait_for_load_state("networkidle")
 
 
-@pytest.fixture
-def visit(browser: BrowserContext, site_url: str) -> Iterator[Callable[[str], Visit]]:
-    """Open a page of the site (a path relative to its root) and watch it for problems."""
-    opened: list[Page] = []
+@pytest.fixture(scope="session")
+def open_visit(browser: BrowserContext, site_url: str) -> Callable[..., Visit]:
+    """Open a page of the site (a path relative to its root), at ``viewport`` if given, and
+    watch it for problems; the caller closes it (``visit`` does, after each test)."""
 
-    def open_page(path: str) -> Visit:
+    def open_page(path: str, viewport: dict[str, int] | None = None) -> Visit:
         page = browser.new_page()
-        opened.append(page)
+        if viewport:
+            page.set_viewport_size(viewport)
         result = Visit(page)
         _watch(page, site_url, result.problems)
         page.goto(site_url + path)
         wait_until_rendered(page, result.problems)
+        return result
+
+    return open_page
+
+
+@pytest.fixture
+def visit(open_visit: Callable[..., Visit]) -> Iterator[Callable[[str], Visit]]:
+    """Open a page of the site (a path relative to its root) and watch it for problems."""
+    opened: list[Page] = []
+
+    def open_page(path: str) -> Visit:
+        result = open_visit(path)
+        opened.append(result.page)
         return result
 
     yield open_page

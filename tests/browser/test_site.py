@@ -1,77 +1,27 @@
-"""The rendered book as a reader sees it, in headless Chromium with the network cut off.
+"""The rendered book as a whole, in headless Chromium with the network cut off.
 
-Run by `make browser` after `make build`: every page of the table of contents loads from
-127.0.0.1 alone, shows its figures, math and widgets, and the site's navigation, search, links
-and buttons work. Screenshots of every page go to _build/screenshots/.
+Run by `make browser` after `make build`: the network is cut, every page of the table of
+contents was built, links resolve, previous/next walk the book, search finds, and the title,
+logo, favicon, footer and buttons are there. Each page on its own, at a laptop and a phone
+size, is tested by test_pages.py.
 """
 
 import datetime
-import json
 import re
 import socket
 
 import bookmap
 import netns
 import pytest
-import widget_state
 from locations import BOOK, SITE, book_config
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 TOC = bookmap.toc_docnames(BOOK / "_toc.yml")
 NOTEBOOKS = [doc for doc in TOC if (BOOK / f"{doc}.ipynb").is_file()]
-EXPLORER_CHAPTERS = [
-    doc for doc in NOTEBOOKS
-    if widget_state.explorers(widget_state.notebook_state(json.loads(
-        (BOOK / f"{doc}.ipynb").read_text())))
-]
 # texts of Jupyter Book's templates that a finished book replaces
 DEFAULT_TEXTS = ["My sample book", "My Jupyter Book", "The Jupyter Book Community",
                  "executablebooks/jupyter-book", "Copyright 2023"]
 
-IMAGES_JS = """async () => {
-  const images = [...document.querySelectorAll('img')];
-  await Promise.all(images.map(img => img.decode().catch(() => null)));
-  return images.map(img => ({
-    src: (img.getAttribute('src') || '(no src)').slice(0, 80), width: img.naturalWidth,
-    output: !!img.closest('.cell_output') && !img.closest('.widget-subarea'),
-  }));
-}"""
-MATH_JS = """() => ({
-  math: document.querySelectorAll('.math').length,
-  untypeset: [...document.querySelectorAll('.math')].filter(m => !m.querySelector('mjx-container'))
-    .map(m => m.textContent.slice(0, 60)),
-  errors: [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 60)),
-})"""
-WIDGETS_JS = """selectors => ({
-  empty: [...document.querySelectorAll('.widget-subarea')].filter(s => !s.firstElementChild).length,
-  counts: Object.fromEntries(selectors.map(s => [s, document.querySelectorAll(s).length])),
-  outputImages: [...document.querySelectorAll('.widget-output img')].filter(i => i.naturalWidth)
-    .length,
-})"""
-# marks each slider that sits beside a Stack (a plain widget-box) and returns their captions
-EXPLORERS_JS = """() => {
-  const found = [];
-  for (const slider of document.querySelectorAll('.widget-slider')) {
-    const stack = [...slider.parentElement.children].find(child => child !== slider
-      && child.matches('.widget-box:not(.widget-vbox):not(.widget-hbox):not(.widget-gridbox)'));
-    if (!stack) continue;
-    slider.dataset.explorer = `slider-${found.length}`;
-    stack.dataset.explorer = `stack-${found.length}`;
-    found.push(slider.querySelector('.widget-label').textContent);
-  }
-  return found;
-}"""
 FETCH_JS = "url => fetch(url).then(async r => [r.status, await r.text()])"
-
-
-def _listed(what: str, items: list[str], limit: int = 5) -> list[str]:
-    """One failure line per item, the first ``limit`` of them, then how many more."""
-    more = [f"... and {len(items) - limit} more {what}"] if len(items) > limit else []
-    return [f"{what}: {item}" for item in items[:limit]] + more
-
-
-def _screenshot_name(doc: str, suffix: str = "") -> str:
-    return doc.replace("/", "--") + suffix + ".png"
 
 
 def test_network_is_cut_off(offline):
@@ -83,86 +33,6 @@ def test_network_is_cut_off(offline):
 def test_every_toc_page_was_built():
     missing = [doc for doc in TOC if not (SITE / f"{doc}.html").is_file()]
     assert not missing, f"in _toc.yml but not in {SITE}: {missing}"
-
-
-@pytest.mark.parametrize("doc", TOC)
-def test_page_renders_offline(doc, visit, screenshots):
-    """Loads cleanly and shows its figures, typeset math and widgets; saves a screenshot."""
-    view = visit(f"{doc}.html")
-    page, failures = view.page, view.problems
-    title = book_config()["title"]
-    if title not in page.title():
-        failures.append(f"page title {page.title()!r} does not name the book {title!r}")
-
-    images = page.evaluate(IMAGES_JS)
-    failures += _listed("image not decoded", [img["src"] for img in images if not img["width"]])
-    if doc in NOTEBOOKS:
-        figures = bookmap.figure_outputs(BOOK / f"{doc}.ipynb")
-        shown = sum(img["output"] and img["width"] > 0 for img in images)
-        if shown < figures:
-            failures.append(f"{shown} figures shown, the notebook has {figures}")
-
-    math = page.evaluate(MATH_JS)
-    failures += _listed("math not typeset", math["untypeset"])
-    failures += _listed("MathJax error", math["errors"])
-
-    state, views = widget_state.page_widgets((SITE / f"{doc}.html").read_text())
-    rendered = page.evaluate(WIDGETS_JS, list(widget_state.RENDERED_AS.values()))
-    if rendered["empty"]:
-        failures.append(f"{rendered['empty']} widget views rendered nothing")
-    for selector, count in widget_state.expected_views(state, views).items():
-        if rendered["counts"][selector] != count:
-            failures.append(
-                f"{rendered['counts'][selector]} {selector} rendered, the widget state has {count}"
-            )
-    if rendered["outputImages"] < widget_state.saved_output_images(state):
-        failures.append("an Output widget does not show its saved figure")
-
-    source = page.locator(".btn-download-source-button")
-    if source.count():
-        status, body = page.evaluate(FETCH_JS, source.get_attribute("href"))
-        if status != 200 or (doc in NOTEBOOKS and not json.loads(body)["cells"]):
-            failures.append(f"download of the source failed: HTTP {status}")
-
-    page.screenshot(path=screenshots / _screenshot_name(doc), full_page=True)
-    assert not failures, "\n".join(failures)
-
-
-@pytest.mark.parametrize("doc", EXPLORER_CHAPTERS)
-def test_explorer_slider_switches_views_without_a_kernel(doc, visit, screenshots):
-    view = visit(f"{doc}.html")
-    page = view.page
-    state, _ = widget_state.page_widgets((SITE / f"{doc}.html").read_text())
-    expected = sorted(explorer.description for explorer in widget_state.explorers(state))
-    captions = page.evaluate(EXPLORERS_JS)
-    assert sorted(captions) == expected, "explorers in the page differ from the widget state"
-    for i, caption in enumerate(captions):
-        slider = page.locator(f'[data-explorer="slider-{i}"]')
-        stack = page.locator(f'[data-explorer="stack-{i}"]')
-        handle, readout = slider.locator(".noUi-handle"), slider.locator(".widget-readout")
-        at_end = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
-        forward, back = ("ArrowLeft", "ArrowRight") if at_end else ("ArrowRight", "ArrowLeft")
-        shots = []
-        for key in (None, forward, back):
-            if key:
-                html = stack.inner_html()
-                handle.press(key)
-                try:
-                    page.wait_for_function(
-                        "([sel, html]) => document.querySelector(sel).innerHTML !== html",
-                        arg=[f'[data-explorer="stack-{i}"]', html], timeout=5_000,
-                    )
-                except PlaywrightTimeoutError:
-                    pytest.fail(f"{caption}: pressing {key} on the slider left the view as it was")
-                stack.locator("img").evaluate_all("imgs => Promise.all(imgs.map(i => i.decode()))")
-            shots.append((readout.inner_text(), stack.screenshot()))
-        name = _screenshot_name(doc, f"--explorer-{i}")
-        (screenshots / name.replace(".png", "-before.png")).write_bytes(shots[0][1])
-        (screenshots / name.replace(".png", "-after.png")).write_bytes(shots[1][1])
-        assert shots[1][0] != shots[0][0], f"{caption}: {forward} did not move the slider"
-        assert shots[1][1] != shots[0][1], f"{caption}: the view did not change"
-        assert shots[2] == shots[0], f"{caption}: moving back did not restore the first view"
-    assert not view.problems, "\n".join(view.problems)
 
 
 def test_internal_links_resolve():
@@ -259,47 +129,15 @@ def test_title_logo_favicon_footer_and_buttons(visit, screenshots):
     assert not problems, "\n".join(problems)
 
 
-SIZES = {"laptop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_navigation_buttons_open_and_close_the_sidebars(visit, screenshots, size):
-    """The chapter-list button works at both sizes: it opens the drawer on a phone (and the
-    contents button the other), and collapses the sidebar on a laptop. With
-    pydata-sphinx-theme 0.17 under sphinx-book-theme 1.3 a second, hidden ``.primary-toggle``
-    took the handler and every button did nothing (pydata/pydata-sphinx-theme#2451)."""
-    view = visit(f"{TOC[2]}.html")
+def test_figures_follow_the_page_into_dark_mode(visit):
+    """In dark mode the figures are inverted, hue kept (web/static/book.css), not left as white
+    cards on a dark page; in light mode they are shown as drawn."""
+    view = visit(f"{TOC[0]}.html")  # the landing page shows a chapter's figure
     page = view.page
-    page.set_viewport_size(SIZES[size])
-    page.wait_for_timeout(400)  # the layout of the new width
-    sidebar = page.locator("#pst-primary-sidebar")
-
-    def shown(locator) -> bool:  # on screen, not merely in the DOM
-        return locator.evaluate("e => { const r = e.getBoundingClientRect();"
-                                " return getComputedStyle(e).visibility === 'visible'"
-                                " && r.width > 0 && r.left >= 0 }")
-
-    toggles = page.locator(".primary-toggle:visible")
-    assert toggles.count() == 1, f"{toggles.count()} visible chapter-list buttons"
-    assert page.locator("input[type=search]:visible").count() <= 1
-    assert shown(sidebar) is (size == "laptop")
-    if size == "phone":  # the theme moves the sidebar's content into a modal dialog
-        for button, dialog in ((".primary-toggle", "#pst-primary-sidebar-modal"),
-                               (".secondary-toggle", "#pst-secondary-sidebar-modal")):
-            drawer = page.locator(f"dialog{dialog}")
-            page.locator(f"{button}:visible").first.click()
-            page.wait_for_timeout(400)  # the drawer's CSS transition
-            assert drawer.evaluate("d => d.open") and shown(drawer), f"{button} did nothing"
-            page.screenshot(path=screenshots / f"nav-phone-{button[1:]}.png")
-            page.keyboard.press("Escape")
-            page.wait_for_timeout(400)
-            assert not drawer.evaluate("d => d.open"), f"the drawer of {button} did not close"
-    else:
-        toggles.first.click()
-        page.wait_for_timeout(400)
-        assert not shown(sidebar), "the chapter-list button did nothing"
-        page.screenshot(path=screenshots / "nav-laptop-collapsed.png")
-        toggles.first.click()
-        page.wait_for_timeout(400)
-        assert shown(sidebar), "the sidebar did not come back"
+    figure = page.locator(".bd-article figure img").first
+    assert figure.evaluate("img => getComputedStyle(img).filter") == "none"
+    page.emulate_media(color_scheme="dark")  # the theme follows the system in its "auto" mode
+    page.wait_for_function("() => document.documentElement.dataset.theme === 'dark'")
+    assert "invert" in figure.evaluate("img => getComputedStyle(img).filter")
+    page.emulate_media(color_scheme="light")
     assert not view.problems, "\n".join(view.problems)

@@ -106,12 +106,17 @@ def expected_views(state: dict, view_ids: list[str]) -> Counter:
     return counts
 
 
-def saved_output_images(state: dict) -> int:
-    """Images that Output widgets saved (their captured figures)."""
+def saved_output_images(state: dict, view_ids: list[str]) -> int:
+    """Images that the Output widgets the page shows on load saved (their captured figures).
+
+    An Output model that no displayed view reaches (its cell's output removed from the page,
+    say) stays in the saved state but is drawn nowhere, so it is not counted.
+    """
+    shown = {id(model) for view_id in view_ids for model in _visible_models(state, view_id)}
     return sum(
         1
         for model in state.values()
-        if model["model_name"] == "OutputModel"
+        if model["model_name"] == "OutputModel" and id(model) in shown
         for output in model["state"].get("outputs", [])
         if "image/png" in output.get("data", {})
     )
