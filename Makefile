@@ -62,9 +62,10 @@ REPRODUCE := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX
 # each notebook's cells in one kernel), each kernel on one thread, so that two kernels never
 # oversubscribe two cores; the stored outputs do not depend on the thread count (checked), and
 # cells that compare thread counts set them themselves (quantbook.measure.num_threads).
+# Longest chapter first (scripts/nbval_order.py), so that no chapter runs alone at the end.
 nbval: setup
-	OMP_NUM_THREADS=1 $(REPRODUCE) $(BIN)/pytest --nbval notebooks -q -n $(WORKERS) \
-		--dist loadfile --nbval-sanitize-with notebooks/sanitize.cfg
+	OMP_NUM_THREADS=1 $(REPRODUCE) $(BIN)/pytest --nbval $$($(BIN)/python scripts/nbval_order.py) \
+		-q -n $(WORKERS) --dist loadfile --nbval-sanitize-with notebooks/sanitize.cfg
 
 # the built site as a reader sees it, with the network cut off (needs root or user namespaces)
 browser: build
