@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -97,7 +96,7 @@ def load(path: str | pathlib.Path = RESULTS) -> dict[str, StoredQuality]:
         check_embeddings=tuple(tuple(r) for r in row["check_embeddings"])) for row in rows}
 
 
-def check(model: nn.Module, tokenizer, stored: StoredQuality | Mapping,
+def check(model: nn.Module, tokenizer, stored: StoredQuality,
           min_cosine: float = MIN_CHECK_COSINE) -> float:
     """Re-embed the check articles with ``model`` and compare them with the stored embeddings.
 
