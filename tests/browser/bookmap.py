@@ -66,6 +66,7 @@ class HtmlPage:
 
     ids: set[str] = field(default_factory=set)
     references: list[str] = field(default_factory=list)
+    classed_links: dict[str, str] = field(default_factory=dict)  # class -> href of <a class=...>
 
 
 class _PageParser(HTMLParser):
@@ -81,12 +82,27 @@ class _PageParser(HTMLParser):
         url = values.get(REFERENCE_ATTRS.get(tag, ""))
         if url:
             self.page.references.append(url)
+            if tag == "a":
+                for name in (values.get("class") or "").split():
+                    self.page.classed_links.setdefault(name, url)
 
 
 def parse_page(path: Path) -> HtmlPage:
     parser = _PageParser()
     parser.feed(path.read_text(encoding="utf-8"))
     return parser.page
+
+
+def walk(site: Path, start: str, link_class: str) -> list[str]:
+    """The docnames met by following ``<a class=link_class>`` (the theme's ``right-next`` or
+    ``left-prev``) from the page ``start`` until a page has none."""
+    site, docs = site.resolve(), [start]
+    while (url := parse_page(site / f"{docs[-1]}.html").classed_links.get(link_class)):
+        target = (site / docs[-1]).parent / unquote(urlsplit(url).path)
+        docs.append(target.resolve().relative_to(site).with_suffix("").as_posix())
+        if len(docs) > 1000:
+            raise AssertionError(f"{link_class} links go round in a circle: {docs[-5:]}")
+    return docs
 
 
 def _is_external(url: str) -> bool:

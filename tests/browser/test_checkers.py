@@ -258,3 +258,18 @@ def test_view_signature_sees_a_changed_image_and_its_return(browser):
         assert view.evaluate(reader.VIEW_JS) == first
     finally:
         page.close()
+
+
+def test_walk_follows_classed_links_and_stops_at_the_last_page(tmp_path):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "intro.html").write_text(
+        '<a class="right-next" href="../notebooks/one.html">next</a>')
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "one.html").write_text(
+        '<a class="left-prev" href="../book/intro.html">prev</a>'
+        '<a class="reference right-next" href="two.html#top">next</a>')
+    (tmp_path / "notebooks" / "two.html").write_text('<a class="left-prev" href="one.html">p</a>')
+    assert bookmap.walk(tmp_path, "book/intro", "right-next") == [
+        "book/intro", "notebooks/one", "notebooks/two"]
+    assert bookmap.walk(tmp_path, "notebooks/two", "left-prev") == [
+        "notebooks/two", "notebooks/one", "book/intro"]

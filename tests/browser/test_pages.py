@@ -7,12 +7,14 @@ control on it changes what the reader sees, without a kernel; each explorer star
 its prose discusses; every figure has alt text; and at 1366 x 900 and at 390 x 844 the page is
 no wider than the window, no figure's text is smaller than ``reader.MIN_TEXT_PX``, and the
 chapter-list and contents drawers open and close. Screenshots of every page at both sizes go
-to _build/screenshots/ (``<page>--laptop.png``, ``<page>--phone.png``).
+to _build/screenshots/ (``<page>--laptop.png``, ``<page>--phone.png``): the window's worth by
+default, the whole page with ``SCREENSHOTS=full`` (about 5 s more per chapter).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ TOC = bookmap.toc_docnames(BOOK / "_toc.yml")
 NOTEBOOKS = [doc for doc in TOC if (BOOK / f"{doc}.ipynb").is_file()]
 SIZES = reader.SIZES
 MIN_FONT_PT = reader.smallest_font_pt(reader.figure_style())  # the figures' smallest text
+FULL_PAGE = os.environ.get("SCREENSHOTS") == "full"
 
 IMAGES_JS = """async () => {
   const images = [...document.querySelectorAll('img')];
@@ -120,12 +123,12 @@ class Shown:
             self.page.evaluate(SETTLE_JS)
 
     def facts_at(self, size: str) -> dict:
-        """reader.FACTS_JS at ``size``, collected once, with a full-page screenshot."""
+        """reader.FACTS_JS at ``size``, collected once, with a screenshot."""
         if size not in self.facts:
             self.at(size)
             self.facts[size] = self.page.evaluate(reader.FACTS_JS)
             name = _screenshot_name(self.doc, f"--{size}")
-            self.page.screenshot(path=self.screenshots / name, full_page=True)
+            self.page.screenshot(path=self.screenshots / name, full_page=FULL_PAGE)
         return self.facts[size]
 
     def new_problems(self) -> list[str]:
