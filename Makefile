@@ -12,11 +12,12 @@ STAMP := $(VENV)/.installed
 # unit tests: two pytest workers, one torch thread each (tests/conftest.py)
 WORKERS ?= 2
 
-.PHONY: help setup book test lint unit nbval build browser portability notebooks checkpoint bench bench-commit bench-compiled compiled-agreement stored-quality outliers lowbit qat lab clean
+.PHONY: help setup book test lint unit exercises nbval build browser portability notebooks checkpoint bench bench-commit bench-compiled compiled-agreement stored-quality outliers lowbit qat lab clean
 
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
 	@echo "make test        lint, unit tests, strict nbval over every notebook, -W book build"
+	@echo "make exercises   the exercise checks of a minute or more that make test skips (~3 min)"
 	@echo "make browser     test the built site offline in headless Chromium (screenshots: _build/screenshots)"
 	@echo "make portability every notebook runs to the end under qnnpack and without vector kernels (~20 min)"
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
@@ -51,6 +52,10 @@ lint: setup
 
 unit: setup
 	$(BIN)/pytest tests -q -n $(WORKERS) --ignore=tests/browser
+
+# the exercise solutions whose checks take a minute or more (marked slow; `make test` skips them)
+exercises: setup
+	$(BIN)/pytest tests/test_exercises.py -q -m slow -n $(WORKERS)
 
 # the settings the stored outputs are computed and compared under (quantbook.machine.REPRODUCIBLE):
 # every x86-64 CPU with AVX2 then runs the same vector and int8 kernels, so an AVX-512 or VNNI

@@ -22,6 +22,25 @@ def no_open_figures():
     yield
 
 
+@pytest.fixture
+def draft_figures(monkeypatch):
+    """Figures saved at 10 dpi, without the second drawing pass of ``bbox_inches="tight"``.
+
+    For tests of what explorers hold and how their controls link (views, start values, alt
+    text), not of pixels: it halves their time. tests/test_figures.py draws every chapter figure
+    and explorer image at full resolution and checks its legibility.
+    """
+    import matplotlib.figure
+
+    savefig = matplotlib.figure.Figure.savefig
+
+    def draft(self, fname, *args, **kwargs):
+        kwargs.update(dpi=10, bbox_inches=None)
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", draft)
+
+
 def make_gpt(seed: int = 0, **overrides) -> GPT:
     """A tiny untrained GPT with the real module names (vocab 64, 16 positions, 2 layers)."""
     torch.manual_seed(seed)

@@ -14,6 +14,8 @@ from quantbook.methods import static
 from quantbook.quiet import silence_known_noise
 from quantbook.sweep import Sweep, Workload
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
 
 @pytest.fixture(scope="module")
 def ids():

@@ -14,6 +14,8 @@ from quantbook import choose  # noqa: E402
 from quantbook import explore_choice as ec  # noqa: E402
 from quantbook.records import FLOAT_FAMILY, BenchRecord  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
 
 def record(method, family, size_ratio, speedup, value, metric="perplexity", float_value=4.0,
            model="gpt"):

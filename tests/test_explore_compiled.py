@@ -9,6 +9,9 @@ from quantbook.methods.inductor import compile_model
 from quantbook.records import BenchRecord, save_records
 
 # the shape of what inductor writes for a compiled int8 Linear + residual add on the CPU
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
+
 WRAPPER = '''
 cpp_fused_add_native_layer_norm_quantize_per_tensor_view_0 = async_compile.cpp_pybinding(...)
 

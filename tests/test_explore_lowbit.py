@@ -15,6 +15,8 @@ from quantbook.methods.weight_only import WeightOnlyConfig
 from quantbook.sweep import Workload
 from quantbook.tokenizer import CharTokenizer
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
 
 def fake_results():
     rows = [{"method": m, "bits": b, "group_size": g, "value": 4.5 * (1 + k / (b * g)),

@@ -17,6 +17,8 @@ from torch import nn  # noqa: E402
 from quantbook import affine  # noqa: E402
 from quantbook import explore_math as em  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
 
 def gaussian(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

@@ -12,6 +12,8 @@ from quantbook.methods.smoothquant import SmoothQuantConfig, smooth_scales, weig
 from quantbook.records import BenchRecord
 from quantbook.sweep import Workload
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
 
 def test_outlier_ratio_is_top_over_median():
     assert eo.outlier_ratio(torch.tensor([1.0, 2.0, 40.0])) == (20.0, 2)

@@ -12,6 +12,8 @@ from quantbook import explore_static as es
 from quantbook.methods import static
 from quantbook.quiet import silence_known_noise
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
 
 @pytest.fixture(autouse=True)
 def _quiet():

@@ -16,6 +16,9 @@ from quantbook.explore_static import observe_range  # noqa: E402
 from quantbook.methods.static import OBSERVERS  # noqa: E402
 from quantbook.records import BenchRecord  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

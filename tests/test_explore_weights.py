@@ -24,6 +24,9 @@ from quantbook.records import BenchRecord  # noqa: E402
 from quantbook.sweep import Sweep, Workload  # noqa: E402
 from quantbook.targets import GROUPS  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
+
+
 TEXT = "the cat sat on the mat and the dog sat on the log. " * 8
 TOKENIZER = CharTokenizer.from_text(TEXT)
 IDS = TOKENIZER.encode(TEXT)

@@ -128,6 +128,7 @@ class Shown:
             self.at(size)
             self.facts[size] = self.page.evaluate(reader.FACTS_JS)
             name = _screenshot_name(self.doc, f"--{size}")
+            self.page.evaluate("window.scrollTo(0, 0)")  # the window's worth: the top
             self.page.screenshot(path=self.screenshots / name, full_page=FULL_PAGE)
         return self.facts[size]
 
