@@ -17,7 +17,7 @@ WORKERS ?= 2
 help:
 	@echo "make book        build the site into _build/html (creates .venv on first use)"
 	@echo "make test        lint, unit tests, strict nbval over every notebook, -W book build"
-	@echo "make exercises   the exercise checks of a minute or more that make test skips (~3 min)"
+	@echo "make exercises   the exercise checks of a minute or more that make test skips (~2 min)"
 	@echo "make browser     test the built site offline in headless Chromium (screenshots: _build/screenshots)"
 	@echo "make portability every notebook runs to the end under qnnpack and without vector kernels (~20 min)"
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
