@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     todo = locked()
     torch = [p for p in todo if p.startswith("torch==")]  # the largest wheel by far: pip's
     rest = [p for p in todo if p not in torch]
-    with concurrent.futures.ThreadPoolExecutor(max(args.jobs, 2)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         jobs = [pool.submit(install, torch)] if torch else []
         why = "--no-uv" if args.no_uv else install_with_uv(rest)
         if why:
