@@ -29,7 +29,7 @@ help:
 	@echo "make compiled-agreement  recompute chapter 06's compiled-vs-reference check (~20 min)"
 	@echo "make lowbit      recompute the below-8-bits chapter's stored results (~25 min)"
 	@echo "make qat         retrain the 2-bit QAT GPT the below-8-bits chapter loads (~2 min)"
-	@echo "make stored-quality  recompute the torchao MiniLM qualities chapters 04 and 05 quote (~4 min)"
+	@echo "make stored-quality  recompute the MiniLM qualities chapters 04 and 05 quote (torchao, 05's grid; ~5 min)"
 	@echo "make outliers    recompute the activation-outliers chapter's stored results (~10 min)"
 	@echo "make lab         read and run the chapters in JupyterLab, rendered as on the site"
 
@@ -110,8 +110,8 @@ _build/bench/results.json:
 	@echo "no bench run in _build/bench/results.json: run make bench first" && false
 
 # the MiniLM qualities chapters 04 and 05 quote for torchao's int8 models, whose eager int8
-# matmul is a plain loop on CPUs without VNNI (minutes per evaluation); the chapters re-check
-# each model on two articles
+# matmul is a plain loop on CPUs without VNNI (minutes per evaluation), and for chapter 05's
+# 12-model calibration grid (80 s to evaluate); the chapters re-check each model on two articles
 stored-quality: setup
 	$(REPRODUCE) $(BIN)/python scripts/stored_quality.py
 

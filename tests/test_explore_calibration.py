@@ -134,3 +134,38 @@ def test_quality_grid_measures_every_combination_through_the_sweep(gpt, batches,
                                                     modules=tuple(sets["attention"])), batches)
     with torch.no_grad():
         assert torch.equal(kept["minmax", 3, "attention"](ids)[0], expected(ids)[0])
+
+
+def test_quality_grid_quotes_stored_qualities_after_checking_each_model(gpt, batches, ids,
+                                                                        monkeypatch):
+    from quantbook import stored_quality
+
+    sets = {"attention": ec.linear_sets(gpt)["attention"]}
+    snapshots = ec.observe_linears(gpt, sets["attention"], batches, ("minmax",), (1, 3))
+    evaluated, checked = [], []
+
+    def evaluate(model):
+        evaluated.append(model)
+        return {"cosine_min": 0.5, "cosine_mean": 0.6}
+
+    def check(model, tokenizer, stored):
+        checked.append((tokenizer, stored.method))
+        return 1.0
+
+    monkeypatch.setattr(stored_quality, "check", check)
+    label = ec.grid_label("minmax", 3, "attention")
+    assert label == "static int8 (minmax, 3 batches, attention)"
+    stored = {label: stored_quality.StoredQuality(label, 0.25, 0.75, 0.7, ((1.0,),))}
+    sweep = Sweep(Workload("tiny", gpt, metric="cosine_min", evaluate=evaluate))
+    sweep.float_record()
+    evaluated.clear()  # the float model's
+    with pytest.raises(ValueError, match="without tokenizer="):
+        ec.quality_grid(sweep, snapshots, sets, stored=stored)
+    points, _ = ec.quality_grid(sweep, snapshots, sets, stored=stored, tokenizer="tok")
+    assert checked == [("tok", label)]  # the stored model is checked, then quoted
+    assert len(evaluated) == 1  # only the model with no stored quality is evaluated
+    one, three = points
+    assert (one.value, one.cosine_mean) == (0.5, 0.6)
+    assert (three.value, three.cosine_mean, three.record.secondary["cosine_min"]) == (
+        0.25, 0.75, 0.7)
+    assert three.record.size_bytes > 0 and three.record.converted == len(sets["attention"])

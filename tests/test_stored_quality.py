@@ -66,10 +66,17 @@ def test_measure_quality_stores_what_the_evaluation_gives(minilm, monkeypatch):
 
 
 def test_the_committed_file_holds_the_chapters_models(minilm):
+    from quantbook import explore_calibration as ec
+    from quantbook.methods.static import OBSERVERS
+
     rows = stored_quality.load()
-    assert set(rows) == {"torchao int8 dynamic", "torchao int8 static"}
-    for row in rows.values():
-        assert 0.6 < row.lee_pearson < 0.7 and 0.9 < row.cosine_min <= row.cosine_mean < 1
+    torchao = {"torchao int8 dynamic", "torchao int8 static"}
+    grid = {ec.grid_label(observer, n, linears) for observer in OBSERVERS for n in (1, 8)
+            for linears in ("attention", "attention + FFN")}  # chapter 05's calibration grid
+    assert set(rows) == torchao | grid and len(grid) == 12
+    for method, row in rows.items():
+        assert 0.6 < row.lee_pearson < 0.7 and 0 < row.cosine_min <= row.cosine_mean < 1
+        assert method in grid or row.cosine_min > 0.9
     model, tokenizer = minilm
     dynamic, _ = quantize(model, TorchaoDynamicConfig())  # the chapter-04 model, re-checked
     assert stored_quality.check(model, tokenizer, rows["torchao int8 dynamic"],

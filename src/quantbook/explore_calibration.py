@@ -6,7 +6,9 @@
 * :func:`convert_observed` turns one copy into the same int8 model that
   ``prepare_static -> calibrate -> convert_static`` gives (the tests check this).
 * :func:`quality_grid` converts every copy for every Linear set and measures each model with
-  the book's one sweep engine, :meth:`quantbook.sweep.Sweep.measure`.
+  the book's one sweep engine, :meth:`quantbook.sweep.Sweep.measure`; given the figures that
+  ``make stored-quality`` measured for the same models on all 50 Lee articles, it checks each
+  model on two articles (:func:`quantbook.stored_quality.check`) and quotes them instead.
 
 :mod:`quantbook.explore_static_figures` draws the grid and explores it.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quantbook import stored_quality
 from quantbook.explore_static import float_linear, make_observer
 from quantbook.methods.base import QuantReport, select
 from quantbook.methods.static import (
@@ -31,6 +34,7 @@ from quantbook.methods.static import (
 )
 from quantbook.quiet import quiet_torch_ao
 from quantbook.records import BenchRecord
+from quantbook.stored_quality import StoredQuality
 from quantbook.sweep import Sweep
 from quantbook.targets import list_targets
 from quantbook.validate import check_batches
@@ -147,8 +151,15 @@ class GridPoint:
         return self.record.quality("cosine_mean")
 
 
+def grid_label(observer: str, n_batches: int, linear_set: str) -> str:
+    """The label of one grid model, e.g. ``static int8 (histogram, 8 batches, attention)``."""
+    batches = f"{n_batches} batch{'es' if n_batches != 1 else ''}"
+    return f"static int8 ({observer}, {batches}, {linear_set})"
+
+
 def quality_grid(sweep: Sweep, snapshots: Mapping, sets: Mapping[str, Sequence[str]],
-                 keep: Sequence[tuple] = ()) -> tuple[list[GridPoint], dict[tuple, nn.Module]]:
+                 keep: Sequence[tuple] = (), stored: Mapping[str, StoredQuality] | None = None,
+                 tokenizer=None) -> tuple[list[GridPoint], dict[tuple, nn.Module]]:
     """Convert every (observer, batches) snapshot for every Linear set and measure it.
 
     Args:
@@ -157,18 +168,29 @@ def quality_grid(sweep: Sweep, snapshots: Mapping, sets: Mapping[str, Sequence[s
         snapshots: the output of :func:`observe_linears`.
         sets: label -> Linear names, e.g. from :func:`linear_sets`.
         keep: ``(observer, n_batches, set label)`` keys whose models to return too.
+        stored: optional stored qualities by method label (``stored_quality.load()``): a model
+            whose :func:`grid_label` is there is checked against it on two articles (a
+            ValueError if it computes something else) and its stored quality is used instead
+            of evaluating it; the others are evaluated. Size is measured either way.
+        tokenizer: the model's tokenizer, needed with ``stored`` (for the check).
 
     Returns:
         ``(points, kept)``: one :class:`GridPoint` per combination, and the kept models.
     """
+    if stored is not None and tokenizer is None:
+        raise ValueError("stored qualities were given without tokenizer=: pass the model's "
+                         "tokenizer, which the check against the stored embeddings needs")
     points, kept = [], {}
     for (observer, n), observed in snapshots.items():
         for label, names in sets.items():
             config = StaticConfig(observer=observer, modules=tuple(names))
             quantized, report = convert_observed(sweep.workload.model, observed, config)
-            batches = f"{n} batch{'es' if n != 1 else ''}"
-            record = sweep.measure(f"static int8 ({observer}, {batches}, {label})", quantized,
-                                   report)
+            method = grid_label(observer, n, label)
+            quality = None
+            if stored is not None and method in stored:
+                stored_quality.check(quantized, tokenizer, stored[method])
+                quality = stored[method].quality()
+            record = sweep.measure(method, quantized, report, quality=quality)
             points.append(GridPoint(observer, n, label, record))
             if (observer, n, label) in keep:
                 kept[observer, n, label] = quantized

@@ -2,8 +2,9 @@
 
 Run eagerly on a CPU without int8 dot-product instructions (VNNI), torchao's int8 matmul,
 ``torch._int_mm``, falls back to a plain loop: evaluating MiniLM on the 50 Lee articles then
-takes about 100 s on one core, against 6 s in float. Chapters 04 and 05 therefore quote the
-Lee Pearson and embedding cosines that ``make stored-quality`` measured (the full
+takes about 100 s on one core, against 6 s in float. Chapter 05's calibration grid, 12 eager
+static models, takes 80 s to evaluate. Chapters 04 and 05 therefore quote the Lee Pearson and
+embedding cosines that ``make stored-quality`` measured (the full
 :func:`quantbook.evaluate.evaluate_minilm`), and check in the notebook that the model they build
 computes what the stored one did: its embeddings of the first :data:`CHECK_ARTICLES` Lee articles
 must match the stored ones (:func:`check`).
