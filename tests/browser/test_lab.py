@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -114,6 +115,25 @@ def site_pasted_values(doc: str) -> list[str]:
     return [value.strip() for value in parser.values]
 
 
+def _serving(server: subprocess.Popen, info: Path, token: str, log: Path) -> str:
+    """The server's URL once it answers. jupyter_server writes its info file before its event
+    loop binds the port, so the file alone does not mean it listens: poll until it answers."""
+    deadline = time.monotonic() + START_S
+    while server.poll() is None and time.monotonic() < deadline:
+        try:  # the file may be half written, the port not yet bound
+            url = json.loads(info.read_text())["url"].rstrip("/")
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=START_S)
+            return url
+        except urllib.error.HTTPError:
+            raise  # it answers, but refuses: not a start-up race
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    server.kill()
+    pytest.fail(f"JupyterLab did not answer within {START_S} s (exit code {server.poll()}):\n"
+                + log.read_text()[-3000:])
+
+
 @pytest.fixture(scope="module")
 def lab(offline: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """JupyterLab (the .venv's) on the reading copy of CHAPTER; yields (its URL, the copies)."""
@@ -147,15 +167,7 @@ def lab(offline: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         server.kill()
         pytest.fail(f"scripts/reading_copies.py failed:\n{written}")
     info = home / "runtime" / f"jpserver-{server.pid}.json"
-    deadline = time.monotonic() + START_S
-    while not info.is_file() and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not info.is_file():
-        server.kill()
-        pytest.fail(f"JupyterLab did not start within {START_S} s:\n"
-                    + (home / "lab.log").read_text()[-3000:])
-    url = json.loads(info.read_text())["url"].rstrip("/")
-    urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=START_S)
+    url = _serving(server, info, token, home / "lab.log")
     yield f"{url}/lab/tree/{CHAPTER}.ipynb?token={token}&reset", copies
     server.terminate()
     try:
@@ -294,3 +306,27 @@ def _check_explorer(page: Page, screenshots: Path, notebook: dict) -> None:
         f"([cell, before]) => ({SHOWN_IMAGES_JS})(cell) !== before",
         arg=[cell.element_handle(), before], timeout=TIMEOUT_MS,
     )
+
+
+LATE_SERVER = """
+import http.server, json, socket, sys, time
+port = socket.create_server(("127.0.0.1", 0)).getsockname()[1]  # free, and not yet listening
+with open(sys.argv[1], "w") as f:
+    json.dump({"url": f"http://127.0.0.1:{port}/"}, f)
+time.sleep(1.0)  # as jupyter_server: the info file first, the port bound later
+http.server.HTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_serving_waits_for_a_port_bound_after_the_info_file(tmp_path: Path) -> None:
+    """The race that failed a CI run: the info file names a port nobody listens on yet."""
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "status").write_text("{}")
+    info, log = tmp_path / "info.json", tmp_path / "log"
+    log.write_text("")
+    server = subprocess.Popen([sys.executable, "-c", LATE_SERVER, str(info)], cwd=tmp_path)
+    try:
+        assert _serving(server, info, "t", log).startswith("http://127.0.0.1:")
+    finally:
+        server.kill()
+        server.wait()
