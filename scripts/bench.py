@@ -61,6 +61,14 @@ def check_targets(records: list) -> list[str]:
     return lines
 
 
+def compile_cache() -> dict[str, int]:
+    """Inductor's compiled-graph cache hits and misses in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return {key: int(counters["inductor"][key])
+            for key in ("fxgraph_cache_hit", "fxgraph_cache_miss")}
+
+
 def choose_rows(parser: argparse.ArgumentParser, args) -> tuple[dict, bool]:
     """run_bench's selection (``only=`` labels, or the chapters) and whether it holds compiled
     rows, checked before any model loads."""
@@ -87,7 +95,11 @@ def main(argv: list[str]) -> int:
                       help="run these rows only (quote labels with spaces); `help` lists them")
     rows.add_argument("--no-compiled", action="store_true",
                       help="leave out chapter 06's compiled rows (no C++ compiler needed)")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed rounds per row, each alternating float32 and the method")
+    parser.add_argument("--max-s", type=float, default=bench.MAX_TIMING_S,
+                        help="end a row's timing after the round that passes this many "
+                             "seconds, 3 rounds in (default %(default)s; 0: every round)")
     parser.add_argument("--out", default=str(bench.LATEST))
     args = parser.parse_args(argv)
     chapters = bench.row_chapters(args.models)
@@ -108,16 +120,24 @@ def main(argv: list[str]) -> int:
     report = machine.machine_report()
     print(machine.format_report(report), flush=True)
     start = time.perf_counter()
-    records = bench.run_bench(args.models, repeats=args.repeats, **selection,
+    max_s = args.max_s or None
+    records = bench.run_bench(args.models, repeats=args.repeats, max_s=max_s, **selection,
                               progress=lambda name: print(
                                   f"  ... {time.perf_counter() - start:5.0f} s  {name}",
                                   flush=True))
     print(bench.format_table(records, chapters))
     print("\n".join(check_targets(records)))
     seconds = time.perf_counter() - start
+    cache = compile_cache()
+    if cache["fxgraph_cache_hit"] + cache["fxgraph_cache_miss"]:
+        print(f"inductor's graph cache: {cache['fxgraph_cache_hit']} hits, "
+              f"{cache['fxgraph_cache_miss']} misses (compile seconds with hits are a warm "
+              "cache's; a first run on a machine pays the misses)")
     out = save_records(records, args.out, machine=report, repeats=args.repeats,
-                       seconds=round(seconds))
-    print(f"wrote {out} ({len(records)} records) in {seconds:.0f} s; `make bench-commit` "
+                       seconds=round(seconds), max_timing_s=max_s,
+                       timed_articles=bench.TIMED_ARTICLES, compile_cache=cache)
+    print(f"wrote {out} ({len(records)} records) in {seconds:.0f} s ({seconds / 60:.1f} min); "
+          "`make bench-commit` "
           "makes it the run chapter 09 renders")
     return 0
 

@@ -1,6 +1,7 @@
 """Tests for quantbook.measure against torch.save byte counts and a fake clock."""
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -138,6 +139,29 @@ def test_speedup_is_the_ratio_of_medians():
         speedup(make(1.0), 1.0)
     with pytest.raises(ValueError, match=r"other.median_ms=0.0 must be positive"):
         speedup(make(1.0), make(0.0))
+
+
+def test_compare_latency_stops_at_max_s_after_min_repeats():
+    calls = []
+
+    def slow(name):
+        calls.append(name)
+        time.sleep(0.02)
+
+    fns = {name: (lambda name=name: slow(name)) for name in ("float", "int8")}
+    # each timed round takes about 40 ms: past 0.1 s after the third round, kept to 4 by min
+    result = compare_latency(fns, warmup=1, repeats=10, max_s=0.1, min_repeats=4)
+    assert {t.n_repeats for t in result.values()} == {4}
+    assert len(calls) == 2 * (1 + 4)
+    result = compare_latency(fns, warmup=0, repeats=10, max_s=0.01, min_repeats=2)
+    assert {t.n_repeats for t in result.values()} == {2}  # min_repeats rounds, then stop
+    result = compare_latency(fns, warmup=0, repeats=3, max_s=60)
+    assert {t.n_repeats for t in result.values()} == {3}  # never more than repeats
+    for bad in (0, -1.0, True, "10"):
+        with pytest.raises(ValueError, match=rf"max_s={bad!r} is not supported: pass seconds"):
+            compare_latency(fns, repeats=2, max_s=bad)
+    with pytest.raises(ValueError, match=r"min_repeats=0 is not supported: choose an integer"):
+        compare_latency(fns, repeats=2, min_repeats=0)
 
 
 def test_validation_errors():

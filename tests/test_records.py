@@ -34,7 +34,7 @@ def test_fields_key_and_quality():
         "model", "method", "family", "metric", "value", "float_value", "size_bytes",
         "size_ratio", "quantized_bytes_ratio", "converted", "secondary", "latency_ms",
         "latency_p10_ms", "latency_p90_ms", "float_latency_ms", "speedup", "threads", "cpu",
-        "compile_s", "compiled_float_latency_ms", "speedup_vs_compiled"]
+        "compile_s", "compiled_float_latency_ms", "speedup_vs_compiled", "rounds"]
     assert r.key == ("gpt", "dynamic int8 per-tensor")
     assert r.quality("perplexity") == 4.02 and r.quality("cosine_mean") == 0.99
     with pytest.raises(KeyError, match=r"'bleu' is not recorded for \('gpt', 'dynamic int8 "
@@ -62,6 +62,13 @@ def test_save_and_load_round_trip(tmp_path):
     payload = strict_json(path.read_text())
     assert payload["records"][1] == dataclasses.asdict(rows[1])
     assert list(tmp_path.joinpath("deep").iterdir()) == [path]  # no temporary file left
+    # more conditions of the run are stored beside them, never over them
+    meta, _ = load_records(save_records(rows, path, machine={}, max_timing_s=10.0,
+                                        compile_cache={"fxgraph_cache_hit": 2}))
+    assert (meta["max_timing_s"], meta["compile_cache"]) == (10.0, {"fxgraph_cache_hit": 2})
+    with pytest.raises(ValueError, match=r"settings \['created'\] would overwrite the run's "
+                                         "own fields: rename them"):
+        save_records(rows, path, machine={}, created="yesterday")
 
 
 def test_nan_is_stored_as_null_and_read_back_as_nan(tmp_path):
@@ -142,7 +149,7 @@ def test_load_records_refuses_other_files_with_the_path(tmp_path, payload):
 
 def test_files_written_before_the_compiled_fields_still_load(tmp_path):
     old = {k: v for k, v in dataclasses.asdict(record()).items()
-           if k not in ("compile_s", "compiled_float_latency_ms", "speedup_vs_compiled")}
+           if k not in ("compile_s", "compiled_float_latency_ms", "speedup_vs_compiled", "rounds")}
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"created": "2026-11-28", "machine": {}, "records": [old]}))
     _, (loaded,) = load_records(path)

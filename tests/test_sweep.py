@@ -202,9 +202,15 @@ def test_timed_records_carry_the_float_latency_of_their_own_rounds(model, ids, f
     base = records[0]
     assert (base.latency_ms, base.float_latency_ms, base.speedup) == (2.0, 2.0, 1.0)
     assert base.threads == records[1].threads and base.cpu == records[1].cpu
+    assert {r.rounds for r in records} == {3}
     # the untimed record stays cached without latency; timing returns a new record each time
     assert runner.record(WeightOnlyConfig()).latency_ms is None
     assert runner.float_record().latency_ms is None
+    # a round takes 3 ms here: a 5 ms bound ends each timing at the 3 rounds it keeps at least
+    bounded = runner.run([DynamicConfig()], timed=True, warmup=1, repeats=10, max_s=0.005)
+    assert {r.rounds for r in bounded} == {3} and bounded[1].speedup == 2.0
+    assert {r.rounds for r in runner.run([DynamicConfig()], timed=True, warmup=0, repeats=10,
+                                         max_s=0.1)} == {10}
 
 
 def test_time_needs_a_run_call(model, ids):

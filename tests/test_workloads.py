@@ -79,6 +79,17 @@ def test_minilm_workload_wiring(monkeypatch):
     w.run(model)
     handle.remove()
     assert len(seen) == 4 and {"input_ids", "attention_mask"} <= set(seen[0])
+    # the bench times the first 16 articles only; the quality still uses all 50
+    short = bench.workload("minilm")
+    assert bench.TIMED_ARTICLES == 16
+    assert [b["input_ids"].shape[0] for b in short.timed_inputs] == [16]
+    assert torch.equal(short.timed_inputs[0]["input_ids"], docs["input_ids"])
+    assert [b["input_ids"].shape[0] for b in
+            workloads.minilm_workload(20).timed_inputs] == [16, 4]
+    for bad in (0, 51, 2.5, True):
+        with pytest.raises(ValueError, match=rf"timed_articles={bad!r} is not supported: "
+                                             "choose an integer from 1 to 50"):
+            workloads.minilm_workload(bad)
 
 
 def test_minilm_quality_evaluates_the_float_model_once(monkeypatch):

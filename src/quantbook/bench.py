@@ -38,6 +38,11 @@ CHAPTERS = ("03_weight_quantization", "04_dynamic_quantization", "05_static_quan
             "06_compiled_int8", "07_activation_outliers", "08_below_8_bits")
 COMPILED_CHAPTERS = ("06_compiled_int8",)  # rows that run through Sweep(compiled=True)
 BASIC_CHAPTERS = CHAPTERS[:3]  # bench_methods: the rows of the committed run chapter 09 checks
+# the bench times MiniLM on one batch of 16 articles (quality uses all 50) and ends a row's
+# timing once its rounds pass MAX_TIMING_S (at least 3 rounds): with every chapter's rows, on a
+# 2-core CPU, ten rounds of all 50 articles per row took most of an hour
+TIMED_ARTICLES = 16
+MAX_TIMING_S = 10.0
 
 
 def bench_methods(workload: Workload) -> dict[str, MethodConfig]:
@@ -132,7 +137,7 @@ def _chosen(name: str, table: dict[str, dict[str, MethodConfig]], only: Iterable
 
 def run_workload(workload: Workload, *, only: Iterable[str] | None = None,
                  chapters: Iterable[str] = BASIC_CHAPTERS, timed: bool = True,
-                 warmup: int = 2, repeats: int = 10,
+                 warmup: int = 2, repeats: int = 10, max_s: float | None = MAX_TIMING_S,
                  progress: Callable[[str], None] | None = None) -> list[BenchRecord]:
     """Run the bench's rows on one workload, float32 first, then the rows in order.
 
@@ -143,6 +148,8 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None,
             are the rows of the committed run chapter 09 checks; :data:`CHAPTERS` is every row.
         timed: ``False`` skips the latency measurement: sizes and quality only, the figures
             that do not depend on the speed of the machine.
+        repeats, max_s: each row is timed for ``repeats`` alternating rounds, or ends after
+            the round that passes ``max_s`` seconds, 3 rounds in (``None``: every round).
         progress: told each label as it starts.
 
     Chapter 06's rows run in a second sweep, ``Sweep(workload, compiled=True)``, whose
@@ -157,7 +164,8 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None,
     eager = {label: rows[label][1] for label in chosen if label not in compiled}
     if compiled:
         inductor.check_cpp_compiler()  # before any work: the compiled rows come last
-    settings = dict(timed=timed, warmup=warmup, repeats=repeats, progress=progress)
+    settings = dict(timed=timed, warmup=warmup, repeats=repeats, max_s=max_s,
+                    progress=progress)
     found = {}
     if eager or not compiled:
         sweep = Sweep(workload, _quantize_fn(eager.values()))
@@ -172,13 +180,17 @@ def run_workload(workload: Workload, *, only: Iterable[str] | None = None,
     return [found[label] for label in order]
 
 
-def workload(model: str) -> Workload:
-    """The workload called ``model`` (``"gpt"`` or ``"minilm"``)."""
+def workload(model: str, timed_articles: int | None = TIMED_ARTICLES) -> Workload:
+    """The workload called ``model`` (``"gpt"`` or ``"minilm"``) as the bench measures it:
+    MiniLM timed on its first ``timed_articles`` Lee articles (``None``: all 50), quality on
+    all of them."""
     from quantbook import workloads
 
     if model not in MODELS:
         raise ValueError(f"model={model!r} is not supported: choose from {MODELS}")
-    return {"gpt": workloads.gpt_workload, "minilm": workloads.minilm_workload}[model]()
+    if model == "gpt":
+        return workloads.gpt_workload()
+    return workloads.minilm_workload(timed_articles)
 
 
 def run_bench(models: Iterable[str] = MODELS, *, chapters: Iterable[str] = CHAPTERS,

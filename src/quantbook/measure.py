@@ -126,7 +126,8 @@ def _summarize(samples_ns: list[int], warmup: int, cpu: str) -> Timing:
 
 
 def compare_latency(
-    fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 20
+    fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 20,
+    max_s: float | None = None, min_repeats: int = 3,
 ) -> dict[str, Timing]:
     """Time several zero-argument callables side by side, alternating between them.
 
@@ -138,11 +139,21 @@ def compare_latency(
         fns: name -> zero-argument callable, e.g. ``{"float": lambda: model(x)}``.
         warmup: untimed rounds before measuring (first calls pay for allocation, packing...).
         repeats: timed rounds; each candidate gets this many samples.
+        max_s: stop after the round in which the timed rounds passed this many seconds, once
+            ``min_repeats`` rounds are done (``None``: always ``repeats`` rounds). Each
+            :class:`Timing` says how many rounds it got (``n_repeats``).
+        min_repeats: the rounds ``max_s`` never cuts below (at most ``repeats``).
 
     Returns:
         name -> :class:`Timing`, in the order of ``fns``.
     """
     _check_counts(warmup, repeats)
+    if isinstance(min_repeats, bool) or not isinstance(min_repeats, int) or min_repeats < 1:
+        raise ValueError(f"min_repeats={min_repeats!r} is not supported: choose an integer >= 1")
+    if max_s is not None and (isinstance(max_s, bool) or not isinstance(max_s, int | float)
+                              or not max_s > 0):
+        raise ValueError(f"max_s={max_s!r} is not supported: pass seconds > 0, or None for "
+                         "every one of the repeats")
     if not isinstance(fns, Mapping) or not fns:
         raise ValueError(
             f"fns={fns!r} is not supported: pass a non-empty dict of name -> callable"
@@ -156,11 +167,15 @@ def compare_latency(
         for _ in range(warmup):
             for name in names:
                 fns[name]()
-        for _ in range(repeats):
+        timed_ns = 0
+        for done in range(1, repeats + 1):
             for name in names:
                 start = perf_counter_ns()
                 fns[name]()
                 samples[name].append(perf_counter_ns() - start)
+                timed_ns += samples[name][-1]
+            if max_s is not None and done >= min_repeats and timed_ns >= max_s * 1e9:
+                break
     cpu = cpu_model()
     return {name: _summarize(samples[name], warmup, cpu) for name in names}
 

@@ -47,6 +47,8 @@ class BenchRecord:
             (``None`` unless the sweep compiles).
         speedup_vs_compiled: ``compiled_float_latency_ms / latency_ms``: the speed-up that
             compiling the float model alone does not give.
+        rounds: the timed rounds behind the medians (fewer than asked where a time bound cut
+            them; ``None`` when not timed, or in runs that did not record it).
     """
 
     model: str
@@ -70,6 +72,7 @@ class BenchRecord:
     compile_s: float | None = None
     compiled_float_latency_ms: float | None = None
     speedup_vs_compiled: float | None = None
+    rounds: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -122,14 +125,23 @@ def write_json_atomic(payload: object, path: str | pathlib.Path) -> pathlib.Path
 
 def save_records(records: Iterable[BenchRecord], path: str | pathlib.Path, *,
                  machine: dict, repeats: int | None = None,
-                 seconds: float | None = None) -> pathlib.Path:
-    """Write records with the machine that measured them; return the path."""
+                 seconds: float | None = None, **settings: object) -> pathlib.Path:
+    """Write records with the machine that measured them; return the path.
+
+    ``settings``: more of the run's conditions, stored beside ``repeats`` (``make bench``:
+    ``max_timing_s``, ``timed_articles`` and ``compile_cache``, inductor's compiled-graph
+    cache hits and misses, which say whether its compile seconds are a warm cache's).
+    """
+    clash = sorted(set(settings) & {"created", "machine", "repeats", "seconds", "records"})
+    if clash:
+        raise ValueError(f"settings {clash} would overwrite the run's own fields: rename them")
     records = list(records)
     bad = [type(r).__name__ for r in records if not isinstance(r, BenchRecord)]
     if bad:
         raise TypeError(f"records holds {bad[0]} items: expected BenchRecord")
     payload = {"created": datetime.date.today().isoformat(), "machine": machine,
                "repeats": repeats, "seconds": seconds,
+               **settings,
                "records": [dataclasses.asdict(r) for r in records]}
     return write_json_atomic(payload, path)
 

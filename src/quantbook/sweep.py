@@ -179,6 +179,7 @@ class Sweep:
 
     def measure(self, label: str, model: nn.Module, report: QuantReport, *,
                 timed: bool = False, warmup: int = 2, repeats: int = 10,
+                max_s: float | None = None,
                 quality: tuple[float, dict[str, float]] | None = None) -> BenchRecord:
         """Measure an already quantized ``model`` (built by ``report``'s method) as a record.
 
@@ -203,11 +204,15 @@ class Sweep:
             size_bytes=size, size_ratio=size / reference.size_bytes,
             quantized_bytes_ratio=ratio, converted=len(converted), secondary=secondary,
             compile_s=getattr(model, "first_call_s", None))
-        return self.time(record, model, warmup=warmup, repeats=repeats) if timed else record
+        if not timed:
+            return record
+        return self.time(record, model, warmup=warmup, repeats=repeats, max_s=max_s)
 
     def time(self, record: BenchRecord, model: nn.Module, *, warmup: int = 2,
-             repeats: int = 10) -> BenchRecord:
-        """``record`` with latencies: ``model`` timed alternately with the float model."""
+             repeats: int = 10, max_s: float | None = None) -> BenchRecord:
+        """``record`` with latencies: ``model`` timed alternately with the float model, for
+        ``repeats`` rounds, or fewer (at least 3) once the timed rounds pass ``max_s`` seconds
+        (:func:`quantbook.measure.compare_latency`)."""
         run = self.workload.run
         if run is None:
             raise ValueError(f"workload {self.workload.name!r} has no run call to time: set "
@@ -218,12 +223,14 @@ class Sweep:
             compiled_base = self.compiled_float()
             fns["float32 compiled"] = lambda: run(compiled_base)
         fns["quantized"] = lambda: run(model)
-        timings = measure.compare_latency(fns, warmup=warmup, repeats=repeats)
+        timings = measure.compare_latency(fns, warmup=warmup, repeats=repeats, max_s=max_s,
+                                          min_repeats=min(3, repeats))
         fast, slow = timings["quantized"], timings["float32"]
         record = replace(record, latency_ms=fast.median_ms, latency_p10_ms=fast.p10_ms,
                          latency_p90_ms=fast.p90_ms, float_latency_ms=slow.median_ms,
                          speedup=measure.speedup(slow, fast), threads=fast.threads,
-                         cpu=fast.cpu, compile_s=getattr(model, "first_call_s", None))
+                         cpu=fast.cpu, compile_s=getattr(model, "first_call_s", None),
+                         rounds=fast.n_repeats)
         if self.compiled:
             twin = timings["float32 compiled"]
             record = replace(record, compiled_float_latency_ms=twin.median_ms,
@@ -241,7 +248,7 @@ class Sweep:
         return self._records[key]
 
     def record(self, config: MethodConfig, label: str | None = None, *, timed: bool = False,
-               warmup: int = 2, repeats: int = 10,
+               warmup: int = 2, repeats: int = 10, max_s: float | None = None,
                quality: tuple[float, dict[str, float]] | None = None) -> BenchRecord:
         """Quantize with ``config`` and measure; untimed records are kept per config.
 
@@ -259,11 +266,13 @@ class Sweep:
                              "before: pass it on the first call only, or the same value")
         record = self._records[key]
         if timed:
-            record = self.time(record, self.quantized(config), warmup=warmup, repeats=repeats)
+            record = self.time(record, self.quantized(config), warmup=warmup, repeats=repeats,
+                               max_s=max_s)
         return record
 
     def run(self, configs: Mapping[str, MethodConfig] | Sequence[MethodConfig], *,
             timed: bool = False, warmup: int = 2, repeats: int = 10,
+            max_s: float | None = None,
             progress: Callable[[str], None] | None = None) -> list[BenchRecord]:
         """The float32 record, then one record per config, in order.
 
@@ -271,6 +280,8 @@ class Sweep:
             configs: label -> config, or configs (labelled by ``config.label``).
             timed: time each quantized model alternately with the float model (each record
                 then carries its own ``float_latency_ms``; the float row gets the first).
+            max_s: end each record's timing after the round that passes this many seconds, at
+                least 3 rounds in (``None``: ``repeats`` rounds each; see :meth:`time`).
             progress: told each label as it starts.
         """
         if isinstance(configs, MethodConfig):
@@ -290,13 +301,13 @@ class Sweep:
             if progress is not None:
                 progress(label)
             records.append(self.record(config, label, timed=timed, warmup=warmup,
-                                       repeats=repeats))
+                                       repeats=repeats, max_s=max_s))
         reference = self.float_record()
         if timed and records:
             first = records[0]
             reference = replace(reference, latency_ms=first.float_latency_ms,
                                 float_latency_ms=first.float_latency_ms, speedup=1.0,
-                                threads=first.threads, cpu=first.cpu)
+                                threads=first.threads, cpu=first.cpu, rounds=first.rounds)
         if not self.compiled:
             return [reference, *records]
         twin = self.compiled_float_record()
@@ -306,7 +317,7 @@ class Sweep:
             twin = replace(twin, latency_ms=latency, float_latency_ms=first.float_latency_ms,
                            speedup=first.float_latency_ms / latency,
                            compiled_float_latency_ms=latency, speedup_vs_compiled=1.0,
-                           threads=first.threads, cpu=first.cpu)
+                           threads=first.threads, cpu=first.cpu, rounds=first.rounds)
         return [reference, twin, *records]
 
 

@@ -51,17 +51,24 @@ def gpt_workload(latency_windows: int = 8) -> Workload:
     )
 
 
-def minilm_workload() -> Workload:
-    """MiniLM: Lee Pearson (and embedding cosine); latency of encoding the 50 Lee documents."""
+def minilm_workload(timed_articles: int | None = None) -> Workload:
+    """MiniLM: Lee Pearson (and embedding cosine) on the 50 Lee documents; latency of encoding
+    the first ``timed_articles`` of them in batches of 16 (``None``: all 50)."""
     from quantbook import data, minilm
 
     model, tokenizer = minilm.load_minilm()
     docs = data.lee_documents()
+    if timed_articles is not None and (isinstance(timed_articles, bool)
+                                       or not isinstance(timed_articles, int)
+                                       or not 1 <= timed_articles <= len(docs)):
+        raise ValueError(f"timed_articles={timed_articles!r} is not supported: choose an "
+                         f"integer from 1 to {len(docs)}, or None for all of them")
+    timed = docs[:timed_articles]
 
     batches = [
-        dict(tokenizer(docs[i : i + 16], padding=True, truncation=True,
+        dict(tokenizer(timed[i : i + 16], padding=True, truncation=True,
                        max_length=minilm.max_seq_length(), return_tensors="pt"))
-        for i in range(0, len(docs), 16)
+        for i in range(0, len(timed), 16)
     ]
 
     def run(m: nn.Module) -> None:
