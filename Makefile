@@ -22,7 +22,7 @@ help:
 	@echo "make portability every notebook runs to the end under qnnpack and without vector kernels (~20 min)"
 	@echo "make notebooks   re-execute every notebook in place (after code changes)"
 	@echo "make checkpoint  retrain the small GPT and rewrite its committed checkpoint"
-	@echo "make bench       every method of chapters 03-08 on both models, print the table (~1 h)"
+	@echo "make bench       every method of chapters 03-08 on both models, print the table (~25 min)"
 	@echo "                 a few rows: make bench BENCH_ARGS='--only \"AWQ int4 group32\"' (--only help lists them)"
 	@echo "make bench-commit  make the last bench run the one chapter 09 renders"
 	@echo "make bench-compiled  recompute the compiled-path chapter's stored results (~30-75 min)"
@@ -101,10 +101,10 @@ checkpoint: setup
 bench: setup
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
-# the committed run that chapter 09 renders; re-execute chapter 09 afterwards (make notebooks)
+# the committed run that chapter 09 renders (07 quotes two rows); re-execute them afterwards
 bench-commit: _build/bench/results.json
 	cp _build/bench/results.json src/quantbook/results/bench.json
-	@echo "src/quantbook/results/bench.json updated: re-run chapter 06 (make notebooks)"
+	@echo "src/quantbook/results/bench.json updated: re-run chapters 07 and 09 (make notebooks)"
 
 _build/bench/results.json:
 	@echo "no bench run in _build/bench/results.json: run make bench first" && false

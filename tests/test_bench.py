@@ -219,6 +219,11 @@ def test_compiled_rows_run_in_a_compiled_sweep_after_their_float_row(workload, m
     table = bench.format_table(records, bench.row_chapters("gpt"))
     assert [line.split()[1] for line in table.splitlines()[2:]] == [
         "float32", "03", "06", "06"]
+    # compiled rows: the speed-up over float32 compiled and the compile seconds
+    assert "speedup vs comp. compile s  metric" in table.splitlines()[0]
+    last = table.splitlines()[-1]
+    assert last.endswith(f"{ao.speedup_vs_compiled:.2f}x         0  loss {ao.value:.4f}")
+    assert "x         " in table.splitlines()[3]  # an eager row leaves both empty
 
 
 def test_without_a_compiler_compiled_rows_fail_before_any_work(workload, monkeypatch):

@@ -10,9 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from quantbook import choose  # noqa: E402
+from quantbook import bench, choose  # noqa: E402
 from quantbook import explore_choice as ec  # noqa: E402
 from quantbook.records import FLOAT_FAMILY, BenchRecord  # noqa: E402
+from quantbook.sweep import Workload  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("draft_figures")  # structure, not pixels
 
@@ -46,6 +47,17 @@ def test_family_colors_are_fixed_and_unknown_families_still_get_one():
     handles = ec.legend_handles([FLOAT_FAMILY, WEIGHT])
     assert [h.get_label() for h in handles] == [FLOAT_FAMILY, WEIGHT]
     assert [h.get_marker() for h in handles] == ["*", "o"]
+    handles = ec.legend_handles([ec.COMPILED_FLOAT, WEIGHT], compiled=True)
+    assert [h.get_marker() for h in handles] == ["*", "o", ec.COMPILED_MARKER]
+    assert "torch.compile" in handles[-1].get_label()
+    # every family make bench records has a colour of its own
+    families = {FLOAT_FAMILY, ec.COMPILED_FLOAT} | {
+        config.family for model in bench.MODELS
+        for rows in bench.bench_chapters(Workload(model, None, "", None)).values()
+        for config in rows.values()}
+    assert families <= set(ec.FAMILY_COLORS)
+    colors = [ec.family_color(f) for f in families]
+    assert len(set(colors)) == len(colors)
 
 
 def test_budget_figure_has_a_panel_per_model_and_cost_and_rings_the_pick():

@@ -33,6 +33,10 @@ from quantbook.sweep import Sweep, Workload
 
 MODELS = ("gpt", "minilm")
 COMMITTED = pathlib.Path(__file__).parent / "results" / "bench.json"
+# an earlier committed run of chapters 03-05's rows on another machine (2 cores with AVX-512
+# VNNI, 2026-11-28; MiniLM timed on all 50 articles, 10 rounds a row): chapter 09 sets its
+# speed-ups beside COMMITTED's
+OTHER_MACHINE = pathlib.Path(__file__).parent / "results" / "bench_avx512_vnni.json"
 LATEST = pathlib.Path("_build") / "bench" / "results.json"  # relative to the repository root
 CHAPTERS = ("03_weight_quantization", "04_dynamic_quantization", "05_static_quantization",
             "06_compiled_int8", "07_activation_outliers", "08_below_8_bits")
@@ -211,19 +215,25 @@ def format_table(records: list[BenchRecord], chapters: dict[str, str] | None = N
     """A plain-text table of the records, one line per model and method (for a terminal).
 
     ``chapters`` (label -> chapter number, :func:`row_chapters`) adds a column naming the
-    chapter that teaches each method.
+    chapter that teaches each method. Compiled rows also show the speed-up over float32
+    compiled in the same rounds ("vs comp.") and the seconds their first call took to compile.
     """
     ch = "" if chapters is None else f"{'ch':2} "
     head = (f"{'model':7} {ch}{'method':40} {'size MB':>8} {'size':>6} {'q.bytes':>7} "
-            f"{'latency ms':>11} {'speedup':>7}  metric")
+            f"{'latency ms':>11} {'speedup':>7} {'vs comp.':>8} {'compile s':>9}  metric")
     lines = [head, "-" * len(head)]
+
+    def cell(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
     for r in records:
-        q = "" if r.quantized_bytes_ratio is None else f"{r.quantized_bytes_ratio:.1%}"
-        lat = "" if r.latency_ms is None else f"{r.latency_ms:.1f}"
+        q = cell(r.quantized_bytes_ratio, ".1%")
+        lat = cell(r.latency_ms, ".1f")
         speed = "" if r.speedup is None else f"{r.speedup:.2f}x"
+        twin = "" if r.speedup_vs_compiled is None else f"{r.speedup_vs_compiled:.2f}x"
         more = "".join(f", {k.removesuffix('_mean')} {v:.4f}" for k, v in r.secondary.items())
         ch = "" if chapters is None else f"{chapters.get(r.method, ''):2} "
         lines.append(f"{r.model:7} {ch}{r.method:40} {r.size_bytes / 1e6:8.2f} "
-                     f"{r.size_ratio:6.1%} {q:>7} {lat:>11} {speed:>7}  {r.metric} "
-                     f"{r.value:.4f}{more}")
+                     f"{r.size_ratio:6.1%} {q:>7} {lat:>11} {speed:>7} {twin:>8} "
+                     f"{cell(r.compile_s, '.0f'):>9}  {r.metric} {r.value:.4f}{more}")
     return "\n".join(lines)

@@ -25,12 +25,19 @@ from quantbook.records import FLOAT_FAMILY, BenchRecord
 from quantbook.widgets import control_layout, figure_png, linked_views, png_view, show_png
 
 MODEL_TITLES = {"gpt": "GPT (perplexity)", "minilm": "MiniLM (Lee Pearson)"}
-# one colour per method family; families not listed here get the next colours of tab10
-FAMILY_COLORS = {FLOAT_FAMILY: "black", "weight-only (quantbook)": "tab:blue",
-                 "weight-only (torchao)": "tab:cyan", "dynamic (eager)": "tab:orange",
-                 "dynamic (torchao)": "tab:red", "static (eager)": "tab:green",
-                 "static (torchao)": "tab:olive"}
-_EXTRA_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray")
+COMPILED_FLOAT = f"{FLOAT_FAMILY} (compiled)"
+# one colour per method family of make bench (every chapter's); others get one of _EXTRA_COLORS
+FAMILY_COLORS = {FLOAT_FAMILY: "black", COMPILED_FLOAT: "0.55",
+                 "weight-only (quantbook)": "tab:blue", "weight-only (torchao)": "tab:cyan",
+                 "dynamic (eager)": "tab:orange", "dynamic (torchao)": "tab:red",
+                 "static (eager)": "tab:green", "static (torchao)": "tab:olive",
+                 "static (PT2E)": "tab:purple", "static (float outputs)": "yellowgreen",
+                 "SmoothQuant (static, float outputs)": "tab:pink",
+                 "LLM.int8() decomposition (static)": "tab:brown",
+                 "per-embedding-group (static)": "goldenrod", "GPTQ (quantbook)": "navy",
+                 "AWQ (quantbook)": "teal", "mixed bit widths (quantbook)": "tab:gray"}
+_EXTRA_COLORS = ("lightcoral", "darkkhaki", "plum", "sienna")
+COMPILED_MARKER = "D"  # a model run through torch.compile (its record has compile_s)
 
 
 def family_color(family: str) -> str:
@@ -38,6 +45,13 @@ def family_color(family: str) -> str:
     if family in FAMILY_COLORS:
         return FAMILY_COLORS[family]
     return _EXTRA_COLORS[sum(map(ord, family)) % len(_EXTRA_COLORS)]
+
+
+def _marker(record: BenchRecord) -> str:
+    """A star for float32 (compiled or not), a diamond for a compiled method, else a dot."""
+    if record.family in (FLOAT_FAMILY, COMPILED_FLOAT):
+        return "*"
+    return COMPILED_MARKER if record.compile_s is not None else "o"
 
 
 def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
@@ -57,10 +71,10 @@ def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
         if getattr(r, key) is None or math.isinf(loss):
             continue  # not timed, or a model that produced NaN: nothing to place
         faint = max_loss_pct is not None and loss > max_loss_pct
-        is_float = r.family == FLOAT_FAMILY
-        ax.scatter(getattr(r, key), loss, color=family_color(r.family),
-                   marker="*" if is_float else "o", s=70 if faint else 45,
-                   alpha=0.25 if faint else 0.95, zorder=5 if is_float else 3)
+        marker = _marker(r)
+        ax.scatter(getattr(r, key), loss, color=family_color(r.family), marker=marker,
+                   s=70 if faint else 45, alpha=0.25 if faint else 0.95,
+                   zorder=5 if marker == "*" else 3)
     ax.plot([getattr(r, key) for r in front], [quality_loss_pct(r) for r in front],
             color="0.5", lw=1, ls="--", zorder=2)
     # number the front's points; the legend names them (labels beside close points overlap)
@@ -85,10 +99,15 @@ def plot_pareto(records: Sequence[BenchRecord], cost: str, ax: plt.Axes, *,
     return ax
 
 
-def legend_handles(families: Sequence[str]) -> list:
-    """One marker per family, for a figure legend."""
-    return [plt.Line2D([], [], marker="*" if f == FLOAT_FAMILY else "o", ls="",
-                       color=family_color(f), label=f) for f in families]
+def legend_handles(families: Sequence[str], compiled: bool = False) -> list:
+    """One marker per family, for a figure legend; with ``compiled``, one more saying what
+    the diamond marks."""
+    handles = [plt.Line2D([], [], marker="*" if f in (FLOAT_FAMILY, COMPILED_FLOAT) else "o",
+                          ls="", color=family_color(f), label=f) for f in families]
+    if compiled:
+        handles.append(plt.Line2D([], [], marker=COMPILED_MARKER, ls="", color="0.3",
+                                  label="diamond: a method run through torch.compile"))
+    return handles
 
 
 def budget_figure(records: Sequence[BenchRecord], max_loss_pct: float | None = None,
@@ -109,9 +128,11 @@ def budget_figure(records: Sequence[BenchRecord], max_loss_pct: float | None = N
     for ax, (model, cost) in zip(axes[:, 0], panels, strict=True):
         plot_pareto(model_records(records, model), cost, ax, max_loss_pct=max_loss_pct,
                     min_cosine=min_cosine, title=f"{MODEL_TITLES.get(model, model)}: {cost}")
-    families = list(dict.fromkeys(r.family for r in records if r.model in models))
-    fig.legend(handles=legend_handles(families), loc="outside lower center",
-               ncols=min(len(families), 2))
+    shown = [r for r in records if r.model in models]
+    families = list(dict.fromkeys(r.family for r in shown))
+    compiled = any(_marker(r) == COMPILED_MARKER for r in shown)
+    fig.legend(handles=legend_handles(families, compiled), loc="outside lower center",
+               ncols=min(len(families) + compiled, 2))
     if max_loss_pct is not None:
         fig.suptitle(f"Quality budget {max_loss_pct:g} %: the ringed method is the best inside it")
     return fig
